@@ -1,0 +1,31 @@
+# facediff_ros -- the two commands a user needs are `make demo` and `make test`; both run
+# `make setup` first (quick when everything is already there).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# rcl writes its logs here instead of ~/.ros/log.
+export ROS_LOG_DIR ?= $(CURDIR)/build/ros_log
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench colcon clean distclean
+
+setup:
+	@bash tools/setup.sh
+
+test: setup
+	$(PY) -m pytest -ra $(PYTEST_ARGS) test
+
+demo: setup
+	$(PY) -m facediff_ros.cli demo
+
+bench: setup
+	$(PY) -m facediff_ros.cli bench
+
+# colcon build of this package against the venv's ROS 2 wheels (see README, "Building with colcon").
+colcon: setup
+	bash tools/colcon_build.sh
+
+clean:
+	rm -rf build install log .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV)

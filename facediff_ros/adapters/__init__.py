@@ -1,0 +1,1 @@
+"""Thin ROS-side adapters: numpy <-> ROS messages, the DDS environment. The core never imports these."""

@@ -1,0 +1,22 @@
+"""pip / editable install of the facediff_ros Python package (library, nodes, `facediff` CLI).
+
+The ROS 2 interfaces in msg/ are built by CMakeLists.txt (rosidl); `make setup` does both.
+In a ROS 2 workspace, `colcon build` uses CMakeLists.txt alone.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="facediff_ros",
+    version="0.1.0",
+    description="RGB-D face -> 3DMM -> few-step diffusion expression editor -> ROS 2 avatar cloud",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["facediff_ros", "facediff_ros.*"]),
+    install_requires=["numpy"],
+    entry_points={
+        "console_scripts": [
+            "facediff = facediff_ros.cli:main",
+        ],
+    },
+)
