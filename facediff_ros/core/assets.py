@@ -20,7 +20,6 @@ Units in the cache are the upstream ones (centimetres, ICT model frame: y up, fa
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, Optional, Sequence, Tuple
 
 import json
 
@@ -292,14 +292,15 @@ def vertex_normals(vertices, triangles: np.ndarray):
         return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     v = np.asarray(vertices)
     tri = np.asarray(triangles)
-    a, b, c = v[..., tri[:, 0], :], v[..., tri[:, 1], :], v[..., tri[:, 2], :]
-    fn = np.cross(b - a, c - a)  # (..., F, 3), length = 2 * area
-    n = np.zeros_like(v)
-    for i in range(3):
-        np.add.at(n, (Ellipsis, tri[:, i], slice(None)), fn) if v.ndim == 2 else \
-            [np.add.at(n[j], tri[:, i], fn[j]) for j in np.ndindex(v.shape[:-2])]
-    norm = np.linalg.norm(n, axis=-1, keepdims=True)
-    return n / np.maximum(norm, 1e-12)
+    flat = v.reshape(-1, v.shape[-2], 3)  # (B, V, 3)
+    n = np.zeros_like(flat)
+    for b in range(flat.shape[0]):
+        a, bb, c = flat[b, tri[:, 0]], flat[b, tri[:, 1]], flat[b, tri[:, 2]]
+        fn = np.cross(bb - a, c - a)  # (F, 3), length = 2 * area
+        for i in range(3):
+            np.add.at(n[b], tri[:, i], fn)
+    n = n.reshape(v.shape)
+    return n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
 
 
 def rotation_matrix(rvec) -> np.ndarray:
