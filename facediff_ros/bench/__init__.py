@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m facediff_ros.bench.<name>`` prints timings on this machine."""
