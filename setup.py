@@ -13,10 +13,14 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["facediff_ros", "facediff_ros.*"]),
+    # The committed MediaPipe correspondence table and the embedded sample recording.
+    package_data={"facediff_ros": ["data/*.npz", "data/*.db3"]},
     install_requires=["numpy"],
     entry_points={
         "console_scripts": [
             "facediff = facediff_ros.cli:main",
+            "facediff-capture = facediff_ros.nodes.capture:main",
+            "facediff-landmarks = facediff_ros.nodes.landmarks:main",
         ],
     },
 )

@@ -1,0 +1,350 @@
+"""RGB-D frame sources for the capture node: a live RealSense, a RealSense recording, the synthetic actor.
+
+All sources share one interface -- ``open()``, ``read() -> CapturedFrame``, ``close()`` -- and
+deliver the same thing: an RGB colour image and a depth image **aligned to the colour camera**
+(same size, same intrinsics), depth in uint16 millimetres (0 = no measurement).
+
+The live camera and recordings go through the same pyrealsense2 pipeline code
+(:class:`_PipelineSource`): a recording (.db3 rosbag2 as written by pyrealsense2's recorder, or
+a legacy .bag) is opened with ``rs.config.enable_device_from_file`` and then read, aligned
+(``rs.align(rs.stream.color)``) and converted exactly like camera frames; the depth units come
+from the device (``get_depth_scale()``) and are converted to millimetres. Alignment is skipped
+when the depth stream is already registered to colour (equal intrinsics, no distortion,
+identity extrinsics -- the synthetic actor's recordings): ``rs.align`` would then only add its
+resampling artefacts (it splats each depth pixel onto a 2x2 block and leaves scattered holes).
+
+Failures raise a :class:`SourceError` subclass the node handles (log, count, retry with
+back-off): :class:`SourceUnavailable` (no camera, file missing or unreadable, USB error at
+start), :class:`SourceTimeout` (no frame in time: camera unplugged, USB trouble) and
+:class:`SourceEnded` (a recording played to its end without ``loop``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from facediff_ros.core import images
+from facediff_ros.core.camera import Intrinsics
+
+
+class SourceError(RuntimeError):
+    """A frame source failed; ``reason`` is a short key for diagnostics counters."""
+
+    reason = "error"
+
+
+class SourceUnavailable(SourceError):
+    """The source cannot be opened (no device, missing file, USB error at start)."""
+
+    reason = "unavailable"
+
+
+class SourceTimeout(SourceError):
+    """No frame arrived in time (camera unplugged, USB error, stalled playback)."""
+
+    reason = "timeout"
+
+
+class SourceEnded(SourceError):
+    """A recording reached its end and ``loop`` is off."""
+
+    reason = "ended"
+
+
+@dataclass
+class CapturedFrame:
+    """One RGB-D frame, depth aligned to colour."""
+
+    color: np.ndarray        # (H, W, 3) uint8 RGB
+    depth: np.ndarray        # (H, W) uint16 millimetres, 0 = no measurement, colour geometry
+    intrinsics: Intrinsics   # the colour camera's (and so the aligned depth's)
+    depth_scale: float       # metres per unit of the device's raw depth (before conversion to mm)
+    stamp: float             # device / recording timestamp in seconds
+    frame_number: int        # device / recording frame counter (-1 when unknown)
+
+
+# Colour formats pyrealsense2 may deliver -> sensor_msgs encodings (core.images).
+_RS_COLOR_ENCODINGS = {"rgb8": "rgb8", "bgr8": "bgr8", "rgba8": "rgba8", "bgra8": "bgra8", "y8": "mono8"}
+
+
+@dataclass(frozen=True)
+class RealSenseConfig:
+    """A live Intel RealSense camera (realsense2_camera's profile parameters)."""
+
+    serial_number: str = ""     # empty: the first camera found
+    color_width: int = 640      # 640x480@30: every D400 supports it for colour and depth
+    color_height: int = 480
+    color_fps: int = 30
+    depth_width: int = 640
+    depth_height: int = 480
+    depth_fps: int = 30
+    timeout_ms: int = 5000      # a camera's first frames can take seconds after start
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    """A RealSense recording (.db3 or .bag) played through pyrealsense2."""
+
+    path: str = ""
+    loop: bool = True           # start again at the end instead of raising SourceEnded
+    realtime: bool = True       # recorded frame rate; False: as fast as read() is called
+    timeout_ms: int = 2000      # longer than any gap between frames of a sane recording
+    force_align: bool = False   # run rs.align even when the depth is already registered to colour
+
+
+class _PipelineSource:
+    """pyrealsense2 pipeline + colour alignment, shared by the camera and recording sources."""
+
+    def __init__(self, timeout_ms: int, force_align: bool = False):
+        import pyrealsense2 as rs  # imported here: the core must import without librealsense
+
+        self._rs = rs
+        self._timeout_ms = int(timeout_ms)
+        self._force_align = bool(force_align)
+        self._pipeline = None
+        self._align = None
+        self._depth_scale = 0.001
+        self._intrinsics: Optional[Intrinsics] = None
+        self._last_ids = (None, None)  # (colour, depth) (frame number, timestamp) last delivered
+
+    # Subclasses fill the rs.config (device, streams) and may adjust the started device.
+    def _configure(self, config) -> None:
+        raise NotImplementedError
+
+    def _started(self, profile) -> None:
+        pass
+
+    def _ended(self) -> bool:
+        return False
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def open(self) -> None:
+        rs = self._rs
+        self.close()
+        config = rs.config()
+        self._configure(config)
+        pipeline = rs.pipeline()
+        try:
+            profile = pipeline.start(config)
+        except RuntimeError as exc:
+            raise SourceUnavailable(f"cannot start {self.describe()}: {exc}") from None
+        try:
+            device = profile.get_device()
+            self._depth_scale = float(device.first_depth_sensor().get_depth_scale())
+            self._started(profile)
+        except RuntimeError as exc:
+            pipeline.stop()
+            raise SourceUnavailable(f"the device has no usable depth sensor: {exc}") from None
+        self._pipeline = pipeline
+        skip = _registered(profile) and not self._force_align
+        self._align = None if skip else rs.align(rs.stream.color)
+        self._intrinsics = None
+        self._last_ids = (None, None)
+
+    def read(self) -> CapturedFrame:
+        if self._pipeline is None:
+            raise SourceUnavailable("read() before open()")
+        while True:
+            frames = self._wait()
+            try:
+                c, d = frames.get_color_frame(), frames.get_depth_frame()
+            except RuntimeError as exc:
+                raise SourceTimeout(f"a broken frame set: {exc}") from None
+            if not c or not d:
+                continue  # a set with one stream only (start-up): wait for a full one
+            ids = ((c.get_frame_number(), c.get_timestamp()), (d.get_frame_number(), d.get_timestamp()))
+            # The pipeline's syncer emits a set whenever either stream delivers, so in playback each
+            # frame shows up twice, once next to the other stream's previous or next frame. A set
+            # whose colour or depth was already delivered is such a repeat.
+            if ids[0] == self._last_ids[0] or ids[1] == self._last_ids[1]:
+                continue
+            self._last_ids = ids
+            break
+        try:
+            aligned = self._align.process(frames) if self._align is not None else frames
+            color = aligned.get_color_frame()
+            depth = aligned.get_depth_frame()
+        except RuntimeError as exc:
+            raise SourceTimeout(f"alignment failed: {exc}") from None
+        if not color or not depth:
+            raise SourceTimeout("a frame set without colour or depth")
+        if self._intrinsics is None:
+            ri = color.get_profile().as_video_stream_profile().get_intrinsics()
+            # librealsense's pixel convention matches ROS: ppx/ppy are the principal point in
+            # pixel-centre coordinates (realsense-ros copies them into K unchanged).
+            self._intrinsics = Intrinsics(ri.fx, ri.fy, ri.ppx, ri.ppy, ri.width, ri.height)
+        fmt = str(color.get_profile().format()).split(".")[-1]
+        c = np.asanyarray(color.get_data())
+        if fmt == "yuyv":
+            import cv2
+            rgb = cv2.cvtColor(c.reshape(c.shape[0], -1, 2), cv2.COLOR_YUV2RGB_YUYV)
+        elif fmt in _RS_COLOR_ENCODINGS:
+            rgb = images.to_rgb8(c, _RS_COLOR_ENCODINGS[fmt])
+        else:
+            raise SourceUnavailable(f"unsupported colour format {fmt!r}")
+        raw = np.asanyarray(depth.get_data())
+        scale = float(depth.get_units()) or self._depth_scale
+        depth_mm = images.depth_units_to_mm(raw, scale)
+        # The frame buffers belong to librealsense and are recycled: copy out.
+        return CapturedFrame(color=np.array(rgb, copy=True), depth=np.array(depth_mm, copy=True),
+                             intrinsics=self._intrinsics, depth_scale=scale,
+                             stamp=float(color.get_timestamp()) / 1000.0,
+                             frame_number=int(color.get_frame_number()))
+
+    def _wait(self):
+        # Poll in short slices so that the end of a recording is noticed at once.
+        deadline = time.monotonic() + self._timeout_ms / 1000.0
+        while True:
+            try:
+                ok, frames = self._pipeline.try_wait_for_frames(100)
+            except RuntimeError as exc:
+                raise SourceTimeout(f"waiting for frames failed: {exc}") from None
+            if ok:
+                return frames
+            if self._ended():
+                raise SourceEnded("the recording has ended")
+            if time.monotonic() > deadline:
+                raise SourceTimeout(f"no frame within {self._timeout_ms} ms")
+
+    def close(self) -> None:
+        if self._pipeline is not None:
+            try:
+                self._pipeline.stop()
+            except RuntimeError:
+                pass  # already stopped (device gone)
+            self._pipeline = None
+
+
+def _registered(profile) -> bool:
+    """True when the started pipeline's depth is already in the colour camera's geometry."""
+    import pyrealsense2 as rs
+    try:
+        d = profile.get_stream(rs.stream.depth).as_video_stream_profile()
+        c = profile.get_stream(rs.stream.color).as_video_stream_profile()
+        di, ci = d.get_intrinsics(), c.get_intrinsics()
+        ex = d.get_extrinsics_to(c)
+    except RuntimeError:
+        return False
+    same = ((di.width, di.height) == (ci.width, ci.height)
+            and np.allclose([di.fx, di.fy, di.ppx, di.ppy], [ci.fx, ci.fy, ci.ppx, ci.ppy], atol=1e-4)
+            and not any(di.coeffs) and not any(ci.coeffs))
+    return bool(same and np.allclose(ex.rotation, np.eye(3).ravel(), atol=1e-6)
+                and np.allclose(ex.translation, 0.0, atol=1e-6))
+
+
+class RealSenseSource(_PipelineSource):
+    """A live RealSense camera: colour rgb8 + depth z16, depth aligned to colour."""
+
+    def __init__(self, config: RealSenseConfig = RealSenseConfig()):
+        super().__init__(config.timeout_ms)
+        self.config = config
+
+    def _configure(self, config) -> None:
+        rs, c = self._rs, self.config
+        if len(rs.context().query_devices()) == 0:
+            raise SourceUnavailable("no RealSense camera connected")
+        if c.serial_number:
+            config.enable_device(c.serial_number)
+        config.enable_stream(rs.stream.color, c.color_width, c.color_height, rs.format.rgb8, c.color_fps)
+        config.enable_stream(rs.stream.depth, c.depth_width, c.depth_height, rs.format.z16, c.depth_fps)
+
+    def describe(self) -> str:
+        c = self.config
+        return (f"RealSense {c.serial_number or '(first found)'}: colour {c.color_width}x{c.color_height}"
+                f"@{c.color_fps} rgb8, depth {c.depth_width}x{c.depth_height}@{c.depth_fps} z16")
+
+
+class RecordingSource(_PipelineSource):
+    """A RealSense recording played through the same pipeline code as the camera."""
+
+    def __init__(self, config: RecordingConfig):
+        super().__init__(config.timeout_ms, config.force_align)
+        self.config = config
+        self._playback = None
+
+    def _configure(self, config) -> None:
+        path = Path(self.config.path).expanduser()
+        if not path.is_file():
+            raise SourceUnavailable(f"recording not found: {path}")
+        config.enable_device_from_file(str(path), repeat_playback=bool(self.config.loop))
+
+    def describe(self) -> str:
+        return f"recording {self.config.path}"
+
+    def _started(self, profile) -> None:
+        self._playback = profile.get_device().as_playback()
+        self._playback.set_real_time(bool(self.config.realtime))
+
+    def _ended(self) -> bool:
+        return (not self.config.loop and self._playback is not None
+                and self._playback.current_status() == self._rs.playback_status.stopped)
+
+    def close(self) -> None:
+        super().close()
+        self._playback = None
+
+
+class SyntheticSource:
+    """The synthetic actor (:mod:`facediff_ros.core.actor`) rendered live, paced at its frame rate.
+
+    :param actor_config: an ``ActorConfig``; default: the actor's defaults with ``num_frames``.
+    :param num_frames: frames in the sequence when no ``actor_config`` is given.
+    :param loop: start the sequence again at its end (else :class:`SourceEnded`).
+    :param realtime: sleep to keep the actor's frame rate; False renders as fast as possible.
+    """
+
+    def __init__(self, actor_config=None, num_frames: int = 300, loop: bool = True,
+                 realtime: bool = True):
+        if int(num_frames) < 1:
+            raise ValueError(f"num_frames: expected >= 1, got {num_frames}")
+        self.actor_config = actor_config
+        self.num_frames = int(num_frames)
+        self.loop = loop
+        self.realtime = realtime
+        self._actor = None
+        self._index = 0
+        self._next_due = 0.0
+
+    def describe(self) -> str:
+        return "synthetic actor"
+
+    def open(self) -> None:
+        try:
+            from facediff_ros.core.actor import ActorConfig, SyntheticActor
+            config = self.actor_config or ActorConfig(num_frames=self.num_frames)
+            self._actor = SyntheticActor(config)
+        except (ImportError, OSError, ValueError) as exc:
+            raise SourceUnavailable(f"cannot build the synthetic actor: {exc}") from None
+        self._index = 0
+        self._next_due = time.monotonic()
+
+    def read(self) -> CapturedFrame:
+        if self._actor is None:
+            raise SourceUnavailable("read() before open()")
+        if self._index >= len(self._actor):
+            if not self.loop:
+                raise SourceEnded("the synthetic sequence has ended")
+            self._index = 0
+        period = 1.0 / float(self._actor.config.fps)
+        if self.realtime:
+            delay = self._next_due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            # Late frames do not pile up: the schedule restarts from now when it falls behind.
+            self._next_due = max(self._next_due + period, time.monotonic() - period)
+        f = self._actor.frame(self._index)
+        self._index += 1
+        depth = images.depth_units_to_mm(f.depth, f.depth_scale)
+        return CapturedFrame(color=f.color, depth=depth, intrinsics=f.intrinsics,
+                             depth_scale=float(f.depth_scale), stamp=float(f.timestamp),
+                             frame_number=int(f.index))
+
+    def close(self) -> None:
+        self._actor = None

@@ -1,0 +1,128 @@
+"""A small approximate-time synchroniser for messages of several streams, matched by stamp.
+
+message_filters is not on PyPI, and the graph needs only this: colour, aligned depth and
+CameraInfo published by one driver carry the *same* stamp (realsense2_camera, our capture node),
+so a set is matched on equal stamps first and, failing that, on the nearest stamp within
+``tolerance_s`` (for drivers that stamp streams separately).
+
+Rules (each stream is assumed to arrive in stamp order, as DDS delivers one writer's samples):
+
+- The first key is the pivot (the colour image). A pivot message is matched when every other
+  stream has a message with an equal stamp, or else the nearest one within the tolerance.
+- A message that can no longer be matched -- older than a matched set, or a pivot message for
+  which some stream has already moved past ``stamp + tolerance`` without a partner -- is dropped
+  and counted as ``unpaired_<key>``.
+- Each stream's queue holds at most ``queue_size`` messages; the oldest is dropped on overflow
+  and counted as ``overflow_<key>``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Parameters of :class:`StampSynchronizer`."""
+
+    # 0: exact stamps only (one driver stamps all its streams alike). A positive value pairs the
+    # nearest stamps within it; keep it below half the frame period (16 ms at 30 Hz).
+    tolerance_s: float = 0.0
+    # Messages waiting per stream. 5 frames at 30 Hz: CameraInfo or depth may lag colour by a
+    # few frames on a loaded machine; beyond that the set is too old to be worth processing.
+    queue_size: int = 5
+
+    def __post_init__(self):
+        if not (self.tolerance_s >= 0):
+            raise ValueError(f"tolerance_s: expected >= 0 s, got {self.tolerance_s}")
+        if int(self.queue_size) != self.queue_size or self.queue_size < 1:
+            raise ValueError(f"queue_size: expected an integer >= 1, got {self.queue_size}")
+
+
+class StampSynchronizer:
+    """Matches one message of each stream by stamp (integer nanoseconds)."""
+
+    def __init__(self, keys: Sequence[str], config: SyncConfig = SyncConfig()):
+        keys = list(keys)
+        if len(keys) < 2 or len(set(keys)) != len(keys):
+            raise ValueError(f"keys: expected at least two distinct stream names, got {keys}")
+        self.keys = keys
+        self.config = config
+        self._tol_ns = int(round(config.tolerance_s * 1e9))
+        self._queues: Dict[str, deque] = {k: deque() for k in keys}
+        self.dropped: Counter = Counter()
+        self.matched = 0
+        self.received: Counter = Counter()
+
+    def pending(self, key: str) -> int:
+        """Messages of ``key`` waiting for partners."""
+        return len(self._queues[key])
+
+    def add(self, key: str, stamp_ns: int, item: Any) -> List[Dict[str, Any]]:
+        """Queue ``item`` of stream ``key``; return the sets (key -> item) matched by it, oldest first."""
+        if key not in self._queues:
+            raise ValueError(f"key: unknown stream {key!r}; expected one of {self.keys}")
+        q = self._queues[key]
+        self.received[key] += 1
+        q.append((int(stamp_ns), item))
+        if len(q) > self.config.queue_size:
+            q.popleft()
+            self.dropped[f"overflow_{key}"] += 1
+        return self._match()
+
+    def _find(self, key: str, stamp: int) -> Optional[int]:
+        """Index of the partner of ``stamp`` in ``key``'s queue: equal stamp, else nearest in tolerance."""
+        best, best_d = None, None
+        for i, (s, _) in enumerate(self._queues[key]):
+            d = abs(s - stamp)
+            if d == 0:
+                return i
+            if d <= self._tol_ns and (best_d is None or d < best_d):
+                best, best_d = i, d
+        return best
+
+    def _drop_older(self, key: str, stamp: int) -> None:
+        q = self._queues[key]
+        while q and q[0][0] < stamp:
+            q.popleft()
+            self.dropped[f"unpaired_{key}"] += 1
+
+    def _match(self) -> List[Dict[str, Any]]:
+        pivot, others = self.keys[0], self.keys[1:]
+        out = []
+        while self._queues[pivot]:
+            stamp, item = self._queues[pivot][0]
+            found: List[Tuple[str, int]] = []
+            hopeless = False
+            for k in others:
+                i = self._find(k, stamp)
+                if i is None:
+                    q = self._queues[k]
+                    # The stream has moved past this stamp: no partner will ever come.
+                    hopeless |= bool(q) and q[-1][0] > stamp + self._tol_ns
+                    break
+                found.append((k, i))
+            if len(found) == len(others):
+                match = {pivot: item}
+                self._queues[pivot].popleft()
+                for k, i in found:
+                    s, other = self._queues[k][i]
+                    match[k] = other
+                    del self._queues[k][i]
+                    self._drop_older(k, s)  # left behind by the match: never matchable
+                self.matched += 1
+                out.append(match)
+                continue
+            if hopeless:
+                self._queues[pivot].popleft()
+                self.dropped[f"unpaired_{pivot}"] += 1
+                continue
+            break
+        # Others older than the oldest waiting pivot (minus tolerance) can never be matched.
+        if self._queues[pivot]:
+            oldest = self._queues[pivot][0][0]
+            for k in others:
+                self._drop_older(k, oldest - self._tol_ns)
+        return out

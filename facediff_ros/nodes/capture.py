@@ -1,0 +1,332 @@
+"""capture node: RGB-D frames from a RealSense, a recording or the synthetic actor -> ROS images.
+
+    ros2 run facediff_ros capture [--ros-args -p source:=realsense -p serial_number:=...]
+
+Publishes like realsense2_camera 4.x (topic names relative to the node's namespace):
+
+    <camera_namespace>/<camera_name>/color/image_raw                      rgb8
+    <camera_namespace>/<camera_name>/color/camera_info
+    <camera_namespace>/<camera_name>/aligned_depth_to_color/image_raw     16UC1 mm (or 32FC1 m)
+    <camera_namespace>/<camera_name>/aligned_depth_to_color/camera_info
+    /diagnostics                                                          diagnostic_msgs/DiagnosticArray
+
+All four carry the same stamp and the frame id ``<camera_name>_color_optical_frame`` (the
+aligned depth is in the colour camera's geometry, as in realsense-ros). Frames are read on a
+thread of their own; a failing source (camera unplugged, USB error, missing file) is logged
+(rate-limited), counted and re-opened with exponential back-off while the node stays up; a
+recording that ends without ``loop`` leaves the node up in state ``ended``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from facediff_ros.adapters.dds import configure_environment
+from facediff_ros.adapters.images import to_camera_info_msg, to_image_msg
+from facediff_ros.core import images, sources
+from facediff_ros.nodes import diagnostics as diag
+from facediff_ros.nodes.parameters import QOS_CHOICES, QOS_HELP, NodeParameters, param, qos_profile
+
+# The embedded sample recording (synthetic actor with ground truth beside it).
+SAMPLE_RECORDING = Path(__file__).resolve().parents[1] / "data" / "sample.db3"
+SOURCES = ("recording", "realsense", "synthetic")
+STATES = ("starting", "streaming", "retrying", "ended")
+
+
+@dataclass(frozen=True)
+class CaptureParams:
+    """The capture node's ROS parameters (one declaration feeds node, launch and README)."""
+
+    source: str = field(default="recording", metadata=param(
+        "frame source: 'recording' (a RealSense .db3/.bag, default the embedded sample), "
+        "'realsense' (a live camera), 'synthetic' (the synthetic actor rendered live)", choices=SOURCES))
+    recording_path: str = field(default="", metadata=param(
+        "recording to play (.db3 or .bag); empty: the embedded sample facediff_ros/data/sample.db3 "
+        "(the synthetic actor is used, with a warning, when the sample is not installed)"))
+    loop: bool = field(default=True, metadata=param("recording/synthetic: start again at the end"))
+    realtime: bool = field(default=True, metadata=param(
+        "recording/synthetic: play at the recorded frame rate; false: as fast as frames can be read"))
+    serial_number: str = field(default="", metadata=param(
+        "realsense: serial number of the camera to open; empty: the first one found"))
+    color_width: int = field(default=640, metadata=param("realsense: colour width (px)", min=1))
+    color_height: int = field(default=480, metadata=param("realsense: colour height (px)", min=1))
+    color_fps: int = field(default=30, metadata=param("realsense: colour frame rate (Hz)", min=1))
+    depth_width: int = field(default=640, metadata=param("realsense: depth width (px)", min=1))
+    depth_height: int = field(default=480, metadata=param("realsense: depth height (px)", min=1))
+    depth_fps: int = field(default=30, metadata=param("realsense: depth frame rate (Hz)", min=1))
+    synthetic_frames: int = field(default=300, metadata=param(
+        "synthetic: frames in the generated sequence before it loops or ends", min=1))
+    synthetic_seed: int = field(default=0, metadata=param(
+        "synthetic: seed of the actor (identity, texture, motion, expressions)", min=0))
+    timeout_s: float = field(default=5.0, metadata=param(
+        "seconds without a frame before the source is reported failed and re-opened", min=0.1, max=60.0))
+    camera_namespace: str = field(default="camera", metadata=param(
+        "first part of the topic names, as realsense2_camera's camera_namespace"))
+    camera_name: str = field(default="camera", metadata=param(
+        "second part of the topic names and the frame id prefix (<camera_name>_color_optical_frame)"))
+    depth_encoding: str = field(default="16UC1", metadata=param(
+        "aligned depth encoding: 16UC1 (uint16 millimetres, 0 = no data) or 32FC1 (float metres, "
+        "NaN = no data)",
+        choices=("16UC1", "32FC1")))
+    stamp_source: str = field(default="ros", metadata=param(
+        "header stamps: 'ros' (node clock when the frame is read) or 'device' (the camera's or "
+        "recording's own frame timestamp)", choices=("ros", "device")))
+    color_qos: str = field(default="SENSOR_DATA", metadata=param(
+        "QoS of the colour image: " + QOS_HELP, choices=QOS_CHOICES))
+    depth_qos: str = field(default="SENSOR_DATA", metadata=param(
+        "QoS of the aligned depth image: " + QOS_HELP, choices=QOS_CHOICES))
+    info_qos: str = field(default="SENSOR_DATA", metadata=param(
+        "QoS of both camera_info topics: " + QOS_HELP, choices=QOS_CHOICES))
+    retry_initial_s: float = field(default=0.5, metadata=param(
+        "first wait before re-opening a failed source; doubles after each failure", min=0.01, max=60.0))
+    retry_max_s: float = field(default=8.0, metadata=param(
+        "longest wait between attempts to re-open a failed source", min=0.01, max=600.0))
+    diagnostics_period_s: float = field(default=1.0, metadata=param(
+        "period of /diagnostics messages", min=0.05, max=60.0))
+
+    def __post_init__(self):
+        if self.retry_max_s < self.retry_initial_s:
+            raise ValueError(f"retry_max_s ({self.retry_max_s}) must be >= retry_initial_s "
+                             f"({self.retry_initial_s})")
+        if not self.camera_name or not self.camera_name.replace("_", "a").isalnum():
+            raise ValueError(f"camera_name: expected letters, digits and '_', got {self.camera_name!r}")
+
+
+# Changing these needs the source re-opened; the others apply to the next frame.
+_SOURCE_FIELDS = ("source", "recording_path", "loop", "realtime", "serial_number", "color_width",
+                  "color_height", "color_fps", "depth_width", "depth_height", "depth_fps",
+                  "synthetic_frames", "synthetic_seed", "timeout_s")
+_PUBLISHER_FIELDS = ("camera_namespace", "camera_name", "color_qos", "depth_qos", "info_qos")
+
+
+def make_source(p: CaptureParams):
+    """The frame source ``p`` asks for, and a note when the default sample had to be replaced."""
+    if p.source == "realsense":
+        return sources.RealSenseSource(sources.RealSenseConfig(
+            serial_number=p.serial_number, color_width=p.color_width, color_height=p.color_height,
+            color_fps=p.color_fps, depth_width=p.depth_width, depth_height=p.depth_height,
+            depth_fps=p.depth_fps, timeout_ms=int(p.timeout_s * 1000))), ""
+    if p.source == "recording":
+        path = p.recording_path or str(SAMPLE_RECORDING)
+        if p.recording_path or SAMPLE_RECORDING.is_file():
+            return sources.RecordingSource(sources.RecordingConfig(
+                path=path, loop=p.loop, realtime=p.realtime, timeout_ms=int(p.timeout_s * 1000))), ""
+        note = (f"the embedded sample recording {SAMPLE_RECORDING} is not installed: using the "
+                f"synthetic actor instead")
+    else:
+        note = ""
+    from facediff_ros.core.actor import ActorConfig
+    actor = ActorConfig(num_frames=p.synthetic_frames, seed=p.synthetic_seed)
+    return sources.SyntheticSource(actor, loop=p.loop, realtime=p.realtime), note
+
+
+class CaptureNode(Node):
+    """Reads RGB-D frames on a thread and publishes them as realsense2_camera does."""
+
+    def __init__(self, node_name: str = "capture", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self._lock = threading.Lock()
+        self._reopen = threading.Event()
+        self._stop = threading.Event()
+        self.params = NodeParameters(self, CaptureParams, on_change=self._on_params_changed)
+        self.counters = diag.Counters()
+        self.rate = diag.RateMeter()
+        self.times = diag.StageTimes()
+        self.log_limited = diag.RateLimitedLog(self.get_logger())
+        self.state = "starting"
+        self.last_error = ""
+        self.source_note = ""
+        self.source_description = ""
+        self._make_publishers(self.params.config)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_timer = self.create_timer(self.params.config.diagnostics_period_s,
+                                             self.publish_diagnostics)
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self._thread.start()
+
+    # ---- wiring -------------------------------------------------------------------------------
+    def _make_publishers(self, p: CaptureParams) -> None:
+        base = f"{p.camera_namespace}/{p.camera_name}".strip("/")
+        with self._lock:
+            for pub in getattr(self, "_pubs", {}).values():
+                self.destroy_publisher(pub)
+            self._pubs = {
+                "color": self.create_publisher(Image, f"{base}/color/image_raw", qos_profile(p.color_qos)),
+                "color_info": self.create_publisher(CameraInfo, f"{base}/color/camera_info",
+                                                    qos_profile(p.info_qos)),
+                "depth": self.create_publisher(Image, f"{base}/aligned_depth_to_color/image_raw",
+                                               qos_profile(p.depth_qos)),
+                "depth_info": self.create_publisher(CameraInfo, f"{base}/aligned_depth_to_color/camera_info",
+                                                    qos_profile(p.info_qos)),
+            }
+            self.frame_id = f"{p.camera_name}_color_optical_frame"
+
+    def _on_params_changed(self, old: CaptureParams, new: CaptureParams) -> None:
+        if any(getattr(old, k) != getattr(new, k) for k in _PUBLISHER_FIELDS):
+            self._make_publishers(new)
+        if any(getattr(old, k) != getattr(new, k) for k in _SOURCE_FIELDS):
+            self._reopen.set()
+        if old.diagnostics_period_s != new.diagnostics_period_s:
+            self._diag_timer.cancel()
+            self._diag_timer = self.create_timer(new.diagnostics_period_s, self.publish_diagnostics)
+
+    # ---- frame loop (own thread) ---------------------------------------------------------------
+    def _fail(self, reason: str, message: str) -> None:
+        self.counters.add(f"error_{reason}")
+        self.last_error = message
+        self.log_limited(reason, f"capture: {message}", "error" if reason != "ended" else "warning")
+
+    def _run(self) -> None:
+        source = None
+        backoff = self.params.config.retry_initial_s
+        while not self._stop.is_set():
+            p = self.params.config
+            if self._reopen.is_set():
+                self._reopen.clear()
+                if source is not None:
+                    source.close()
+                source, backoff = None, p.retry_initial_s
+            if source is None:
+                source, note = make_source(p)
+                self.source_note = note
+                if note:
+                    self.log_limited("source_note", f"capture: {note}")
+                self.source_description = getattr(source, "describe", lambda: type(source).__name__)()
+                try:
+                    source.open()
+                except sources.SourceError as exc:
+                    self._fail(exc.reason, str(exc))
+                    source = None
+                    self.state = "retrying"
+                    self._reopen.wait(backoff)
+                    backoff = min(2 * backoff, p.retry_max_s)
+                    continue
+                self.get_logger().info(f"capture: streaming from {self.source_description}")
+                self.state = "streaming"
+            try:
+                t0 = time.perf_counter()
+                frame = source.read()
+                t1 = time.perf_counter()
+            except sources.SourceEnded as exc:
+                self._fail("ended", str(exc))
+                self.state = "ended"
+                source.close()
+                self._reopen.wait()  # until a parameter change asks for a new source (or shutdown)
+                continue
+            except sources.SourceError as exc:
+                self._fail(exc.reason, f"{exc}; re-opening in {backoff:.1f} s")
+            except Exception as exc:  # noqa: BLE001 - librealsense raises plain RuntimeErrors too
+                self._fail("internal", f"unexpected {type(exc).__name__}: {exc}; "
+                                       f"re-opening in {backoff:.1f} s")
+            else:
+                self.times.add("read", t1 - t0)
+                try:
+                    self.publish_frame(frame)
+                    backoff = p.retry_initial_s
+                except (ValueError, TypeError) as exc:
+                    self.counters.add("drop_bad_frame")
+                    self.log_limited("bad_frame", f"capture: dropped a frame: {exc}")
+                except Exception:  # noqa: BLE001 - the context was shut down under us (Ctrl-C)
+                    if self._stop.is_set() or not self.context.ok():
+                        break
+                    raise
+                continue
+            source.close()
+            source = None
+            self.state = "retrying"
+            self._reopen.wait(backoff)
+            backoff = min(2 * backoff, p.retry_max_s)
+        if source is not None:
+            source.close()
+
+    def publish_frame(self, frame: sources.CapturedFrame) -> None:
+        """Publish one frame on the four image topics with one stamp and frame id."""
+        p = self.params.config
+        t0 = time.perf_counter()
+        if frame.color.shape[:2] != frame.intrinsics.shape or frame.depth.shape != frame.intrinsics.shape:
+            raise ValueError(f"colour {frame.color.shape[:2]} / depth {frame.depth.shape} do not match the "
+                             f"intrinsics' {frame.intrinsics.shape}")
+        if p.stamp_source == "device":
+            sec = int(frame.stamp)
+            stamp = Time(seconds=sec, nanoseconds=int(round((frame.stamp - sec) * 1e9))).to_msg()
+        else:
+            stamp = self.get_clock().now().to_msg()
+        header = Header(stamp=stamp, frame_id=self.frame_id)
+        if p.depth_encoding == "32FC1":
+            depth_msg = to_image_msg(images.depth_mm_to_m(frame.depth), "32FC1", header)
+        else:
+            depth_msg = to_image_msg(frame.depth, "16UC1", header)
+        color_msg = to_image_msg(frame.color, "rgb8", header)
+        info = to_camera_info_msg(frame.intrinsics, header)
+        t1 = time.perf_counter()
+        with self._lock:
+            self._pubs["color"].publish(color_msg)
+            self._pubs["depth"].publish(depth_msg)
+            self._pubs["color_info"].publish(info)
+            self._pubs["depth_info"].publish(info)
+        self.times.add("build", t1 - t0)
+        self.times.add("publish", time.perf_counter() - t1)
+        self.counters.add("frames")
+        self.rate.tick()
+
+    # ---- diagnostics ---------------------------------------------------------------------------
+    def diagnostic_status(self):
+        """Level and message from the state: streaming (OK, or WARN with no frame lately),
+        retrying (ERROR), ended (WARN), starting (WARN)."""
+        rate = self.rate.rate()
+        if self.state == "streaming":
+            level, msg = (diag.OK, f"streaming at {rate:.1f} Hz") if rate > 0 else \
+                (diag.WARN, "streaming, but no frame in the last 2 s")
+        elif self.state == "retrying":
+            level, msg = diag.ERROR, f"source failed, retrying: {self.last_error}"
+        elif self.state == "ended":
+            level, msg = diag.WARN, "recording ended (loop is off)"
+        else:
+            level, msg = diag.WARN, "starting"
+        values = {"state": self.state, "source": self.source_description, "rate_hz": rate}
+        if self.source_note:
+            values["note"] = self.source_note
+        values.update(self.counters.snapshot())
+        values.update({f"{k}_ms": v for k, v in self.times.items()})
+        return diag.status(f"{self.get_name()}: capture", self.source_description or "none", level, msg,
+                           values)
+
+    def publish_diagnostics(self) -> None:
+        self._diag_pub.publish(diag.array(self.get_clock().now().to_msg(), [self.diagnostic_status()]))
+
+    def destroy_node(self):
+        self._stop.set()
+        self._reopen.set()
+        self._thread.join(timeout=5.0)
+        return super().destroy_node()
+
+
+def main(args=None):
+    configure_environment()
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = CaptureNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

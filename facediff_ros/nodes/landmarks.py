@@ -1,0 +1,341 @@
+"""landmarks node: colour + aligned depth + CameraInfo -> MediaPipe face mesh lifted to 3D.
+
+    ros2 run facediff_ros landmarks
+
+Subscribes (names relative to the node's namespace, as published by the capture node or
+realsense2_camera with ``align_depth.enable:=true``)::
+
+    <camera_namespace>/<camera_name>/color/image_raw                    rgb8 / bgr8 / rgba8 / bgra8 / mono8
+    <camera_namespace>/<camera_name>/color/camera_info
+    <camera_namespace>/<camera_name>/aligned_depth_to_color/image_raw   16UC1 mm or 32FC1 m
+    <camera_namespace>/<camera_name>/aligned_depth_to_color/camera_info
+
+Colour, depth and colour CameraInfo are paired by stamp (:mod:`facediff_ros.core.sync`); the
+depth CameraInfo is only checked against the colour one (aligned depth must share its geometry).
+Publishes ``face/landmarks`` (facediff_ros/FaceLandmarks, header copied from the colour image),
+optionally ``face/landmarks/debug_image`` (rgb8, landmarks drawn: green with valid depth, red
+without), and ``/diagnostics``. A frame without a face publishes nothing and is counted; bad
+input (unsupported encoding, step/size mismatch, colour/depth/CameraInfo sizes that disagree,
+depth without a single valid pixel, no CameraInfo) is logged once per 5 s per kind, counted as a
+drop by reason, and never raises.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import Point
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
+
+from facediff_ros.adapters.dds import configure_environment
+from facediff_ros.adapters.images import from_camera_info_msg, from_image_msg, to_image_msg
+from facediff_ros.core import images
+from facediff_ros.core.face_mesh import SELECTION_RULES, FaceMesh, FaceMeshConfig, select_face
+from facediff_ros.core.lifting import LiftingConfig, lift_landmarks
+from facediff_ros.core.sync import StampSynchronizer, SyncConfig
+from facediff_ros.msg import FaceLandmarks
+from facediff_ros.nodes import diagnostics as diag
+from facediff_ros.nodes.parameters import QOS_CHOICES, QOS_HELP, NodeParameters, param, qos_profile
+
+_NAN_POINT = Point(x=math.nan, y=math.nan, z=math.nan)
+# Seconds without any CameraInfo after which colour frames are dropped as "no_camera_info"
+# rather than queued (a driver publishes CameraInfo with every frame).
+_INFO_MISSING_S = 1.0
+
+
+@dataclass(frozen=True)
+class LandmarksParams:
+    """The landmark node's ROS parameters."""
+
+    camera_namespace: str = field(default="camera", metadata=param(
+        "first part of the input topic names (as the capture node's / realsense2_camera's)", read_only=True))
+    camera_name: str = field(default="camera", metadata=param(
+        "second part of the input topic names", read_only=True))
+    input_qos: str = field(default="SENSOR_DATA", metadata=param(
+        "QoS of the four input subscriptions: " + QOS_HELP + " (SENSOR_DATA also receives from "
+        "reliable publishers)", choices=QOS_CHOICES, read_only=True))
+    output_qos: str = field(default="SENSOR_DATA", metadata=param(
+        "QoS of face/landmarks and the debug image: " + QOS_HELP, choices=QOS_CHOICES, read_only=True))
+    max_num_faces: int = field(default=1, metadata=param(
+        "faces MediaPipe tracks; with more than one, face_selection picks the one published",
+        min=1, max=10, read_only=True))
+    face_selection: str = field(default="largest", metadata=param(
+        "which face to publish when several are found: 'largest' (landmark bounding-box area) or "
+        "'closest' (smallest median depth at the landmarks)", choices=SELECTION_RULES))
+    min_detection_confidence: float = field(default=0.5, metadata=param(
+        "MediaPipe face detector score a new face needs", min=0.0, max=1.0, read_only=True))
+    min_tracking_confidence: float = field(default=0.5, metadata=param(
+        "MediaPipe landmark presence below which a tracked face is re-detected", min=0.0, max=1.0,
+        read_only=True))
+    lift_window_radius_px: int = field(default=2, metadata=param(
+        "depth window around each landmark is (2r+1)^2 pixels", min=0, max=10))
+    lift_cluster_gap_m: float = field(default=0.015, metadata=param(
+        "depth jump (m) separating surfaces (face / background) inside a window", min=0.001, max=1.0))
+    lift_min_cluster_samples: int = field(default=6, metadata=param(
+        "samples a surface needs inside the window to give a landmark its depth", min=1))
+    sync_tolerance_s: float = field(default=0.0, metadata=param(
+        "0: pair colour, depth and CameraInfo with equal stamps only; > 0: nearest stamps within it",
+        min=0.0, max=1.0))
+    sync_queue_size: int = field(default=5, metadata=param(
+        "messages per input stream waiting for their partners", min=1, max=100))
+    publish_debug_image: bool = field(default=False, metadata=param(
+        "publish face/landmarks/debug_image (colour with the landmarks drawn)"))
+    diagnostics_period_s: float = field(default=1.0, metadata=param(
+        "period of /diagnostics messages", min=0.05, max=60.0, read_only=True))
+
+    def __post_init__(self):
+        LiftingConfig(**self.lifting_kwargs())  # raises ValueError for inconsistent lifting values
+
+    def lifting_kwargs(self) -> dict:
+        k = self.lift_min_cluster_samples
+        return dict(window_radius_px=self.lift_window_radius_px, cluster_gap_m=self.lift_cluster_gap_m,
+                    min_cluster_samples=k, max_speckle_samples=min(LiftingConfig.max_speckle_samples, k - 1))
+
+
+class InputError(ValueError):
+    """A frame that cannot be processed; ``reason`` keys the drop counter."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class LandmarksNode(Node):
+    """Pairs colour/depth/CameraInfo, runs the face mesh, lifts the landmarks, publishes them."""
+
+    def __init__(self, node_name: str = "landmarks", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.params = NodeParameters(self, LandmarksParams, on_change=self._on_params_changed)
+        p = self.params.config
+        self.counters = diag.Counters()
+        self.rate_in = diag.RateMeter()
+        self.rate_out = diag.RateMeter()
+        self.rate_drop = diag.RateMeter()
+        self.rate_no_face = diag.RateMeter()
+        self.last_drop = ""
+        self.times = diag.StageTimes()
+        self.log_limited = diag.RateLimitedLog(self.get_logger())
+        self.face_mesh = FaceMesh(FaceMeshConfig(
+            max_num_faces=p.max_num_faces, min_detection_confidence=p.min_detection_confidence,
+            min_tracking_confidence=p.min_tracking_confidence))
+        self.lifting = LiftingConfig(**p.lifting_kwargs())
+        self.sync = StampSynchronizer(["color", "depth", "info"],
+                                      SyncConfig(p.sync_tolerance_s, p.sync_queue_size))
+        self._last_info_time: Optional[float] = None
+        self._first_color_time: Optional[float] = None
+        self._depth_info: Optional[CameraInfo] = None
+
+        base = f"{p.camera_namespace}/{p.camera_name}".strip("/")
+        qin = qos_profile(p.input_qos)
+        self.create_subscription(Image, f"{base}/color/image_raw", self.on_color, qin)
+        self.create_subscription(Image, f"{base}/aligned_depth_to_color/image_raw", self.on_depth, qin)
+        self.create_subscription(CameraInfo, f"{base}/color/camera_info", self.on_info, qin)
+        self.create_subscription(CameraInfo, f"{base}/aligned_depth_to_color/camera_info",
+                                 self.on_depth_info, qin)
+        qout = qos_profile(p.output_qos)
+        self.pub = self.create_publisher(FaceLandmarks, "face/landmarks", qout)
+        self.debug_pub = self.create_publisher(Image, "face/landmarks/debug_image", qout)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_timer(p.diagnostics_period_s, self.publish_diagnostics)
+
+    def _on_params_changed(self, old: LandmarksParams, new: LandmarksParams) -> None:
+        self.lifting = LiftingConfig(**new.lifting_kwargs())
+        if (old.sync_tolerance_s, old.sync_queue_size) != (new.sync_tolerance_s, new.sync_queue_size):
+            self.sync = StampSynchronizer(["color", "depth", "info"],
+                                          SyncConfig(new.sync_tolerance_s, new.sync_queue_size))
+
+    # ---- callbacks -----------------------------------------------------------------------------
+    @staticmethod
+    def _stamp_ns(msg) -> int:
+        return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+    def _drop(self, reason: str, message: str) -> None:
+        self.counters.add(f"drop_{reason}")
+        self.rate_drop.tick()
+        self.last_drop = f"{reason}: {message}"
+        self.log_limited(reason, f"landmarks: dropped a frame ({reason}): {message}")
+
+    def on_color(self, msg: Image) -> None:
+        self.rate_in.tick()
+        self.counters.add("frames_in")
+        now = time.monotonic()
+        if self._first_color_time is None:
+            self._first_color_time = now
+        # CameraInfo normally arrives with every frame; colour keeps waiting for it in the
+        # synchroniser for a moment (start-up order), then is dropped as "no_camera_info".
+        since = self._last_info_time if self._last_info_time is not None else self._first_color_time
+        info_age = now - since
+        if info_age > _INFO_MISSING_S:
+            self._drop("no_camera_info", f"no CameraInfo on the colour camera_info topic for "
+                       f"{info_age:.1f} s; is the driver publishing it?")
+            return
+        self._add("color", msg)
+
+    def on_depth(self, msg: Image) -> None:
+        self._add("depth", msg)
+
+    def on_info(self, msg: CameraInfo) -> None:
+        self._last_info_time = time.monotonic()
+        self._add("info", msg)
+
+    def on_depth_info(self, msg: CameraInfo) -> None:
+        self._depth_info = msg
+
+    def _add(self, key: str, msg) -> None:
+        try:
+            matched = self.sync.add(key, self._stamp_ns(msg), msg)
+        except Exception as exc:  # noqa: BLE001 - a malformed header must not kill the node
+            self._drop("bad_header", f"{key}: {exc}")
+            return
+        for m in matched:
+            self.process(m["color"], m["depth"], m["info"])
+
+    # ---- one frame -----------------------------------------------------------------------------
+    def decode(self, color_msg: Image, depth_msg: Image, info_msg: CameraInfo):
+        """Check and convert one set of inputs; InputError(reason) for anything unusable."""
+        try:
+            rgb = images.to_rgb8(from_image_msg(color_msg), color_msg.encoding)
+        except ValueError as exc:
+            raise InputError("bad_color", f"colour image: {exc}") from None
+        try:
+            depth = images.depth_to_meters(from_image_msg(depth_msg), depth_msg.encoding)
+        except ValueError as exc:
+            raise InputError("bad_depth", f"depth image: {exc}") from None
+        try:
+            intr = from_camera_info_msg(info_msg)
+        except ValueError as exc:
+            raise InputError("bad_camera_info", f"colour CameraInfo: {exc}") from None
+        if rgb.shape[:2] != intr.shape:
+            raise InputError("size_mismatch", f"colour image {rgb.shape[1]}x{rgb.shape[0]} but its "
+                             f"CameraInfo says {intr.width}x{intr.height}")
+        if depth.shape != rgb.shape[:2]:
+            raise InputError("size_mismatch", f"depth {depth.shape[1]}x{depth.shape[0]} is not aligned to "
+                             f"colour {rgb.shape[1]}x{rgb.shape[0]} (subscribe to aligned_depth_to_color)")
+        di = self._depth_info
+        if di is not None and (di.width, di.height) != (depth_msg.width, depth_msg.height):
+            raise InputError("size_mismatch", f"depth CameraInfo {di.width}x{di.height} does not match the "
+                             f"depth image {depth_msg.width}x{depth_msg.height}")
+        if not np.isfinite(depth).any():
+            raise InputError("empty_depth", "the depth image has no valid pixel (all 0 / NaN)")
+        return rgb, depth, intr
+
+    def process(self, color_msg: Image, depth_msg: Image, info_msg: CameraInfo) -> Optional[FaceLandmarks]:
+        """Landmarks of one frame set, published and returned (None: dropped or no face)."""
+        try:
+            return self._process(color_msg, depth_msg, info_msg)
+        except InputError as exc:
+            self._drop(exc.reason, str(exc))
+        except Exception as exc:  # noqa: BLE001 - never let one frame take the node down
+            self._drop("internal_error", f"{type(exc).__name__}: {exc}")
+        return None
+
+    def _process(self, color_msg, depth_msg, info_msg):
+        p = self.params.config
+        t0 = time.perf_counter()
+        rgb, depth, intr = self.decode(color_msg, depth_msg, info_msg)
+        t1 = time.perf_counter()
+        faces = self.face_mesh.process(rgb)
+        t2 = time.perf_counter()
+        self.times.add("decode", t1 - t0)
+        self.times.add("face_mesh", t2 - t1)
+        if not faces:
+            self.counters.add("no_face")
+            self.rate_no_face.tick()
+            return None
+        face = faces[select_face(faces, p.face_selection, depth)]
+        points, valid = lift_landmarks(face.uv, depth, intr, self.lifting)
+        t3 = time.perf_counter()
+        msg = landmarks_msg(color_msg.header, intr, face, points, valid)
+        self.pub.publish(msg)
+        t4 = time.perf_counter()
+        self.times.add("lifting", t3 - t2)
+        self.times.add("message", t4 - t3)
+        self.times.add("total", t4 - t0)
+        self.counters.add("faces_out")
+        self.counters.add("landmarks_valid", int(valid.sum()))
+        self.rate_out.tick()
+        if p.publish_debug_image:
+            debug = draw_landmarks(rgb, face.uv, valid)
+            self.debug_pub.publish(to_image_msg(debug, "rgb8", color_msg.header))
+        return msg
+
+    # ---- diagnostics ---------------------------------------------------------------------------
+    def diagnostic_status(self):
+        """OK: faces are being published; WARN: input arrives but no face / all dropped, or no
+        input at all; ERROR: input arrives and every frame is dropped as bad input."""
+        c = self.counters.snapshot()
+        rin, rout = self.rate_in.rate(), self.rate_out.rate()
+        if rout > 0:
+            level, msg = diag.OK, f"{rout:.1f} faces/s from {rin:.1f} frames/s"
+        elif rin == 0:
+            level, msg = diag.WARN, "no colour images received in the last 2 s"
+        elif self.rate_drop.rate() > 0 and self.rate_no_face.rate() == 0:
+            level = diag.ERROR
+            msg = f"input arrives ({rin:.1f} Hz) but every frame is dropped; last: {self.last_drop}"
+        else:
+            level, msg = diag.WARN, f"input arrives ({rin:.1f} Hz) but no face is found"
+        values = {"rate_in_hz": rin, "rate_out_hz": rout}
+        values.update(c)
+        values.update({f"sync_{k}": v for k, v in self.sync.dropped.items()})
+        values.update({f"{k}_ms": v for k, v in self.times.items()})
+        return diag.status(f"{self.get_name()}: landmarks", "mediapipe-face-mesh-0.10.21", level, msg, values)
+
+    def publish_diagnostics(self) -> None:
+        self._diag_pub.publish(diag.array(self.get_clock().now().to_msg(), [self.diagnostic_status()]))
+
+    def destroy_node(self):
+        self.face_mesh.close()
+        return super().destroy_node()
+
+
+def landmarks_msg(header, intr, face, points: np.ndarray, valid: np.ndarray) -> FaceLandmarks:
+    """The FaceLandmarks message of one face (``points`` (478, 3) m, NaN rows where not ``valid``)."""
+    msg = FaceLandmarks()
+    msg.header = header
+    msg.image_width, msg.image_height = intr.width, intr.height
+    msg.u = face.uv[:, 0].astype(np.float32).tolist()
+    msg.v = face.uv[:, 1].astype(np.float32).tolist()
+    msg.points = [Point(x=x, y=y, z=z) if ok else _NAN_POINT
+                  for (x, y, z), ok in zip(points.tolist(), valid.tolist())]
+    msg.valid = valid.tolist()
+    msg.presence = float(face.presence)
+    x, y, w, h = face.bbox
+    msg.bbox = RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h)
+    return msg
+
+
+def draw_landmarks(rgb: np.ndarray, uv: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """A copy of ``rgb`` with each landmark as a dot: green with valid depth, red without."""
+    import cv2
+    out = np.ascontiguousarray(rgb).copy()
+    for (u, v), ok in zip(np.rint(uv).astype(int).tolist(), valid.tolist()):
+        cv2.circle(out, (u, v), 1, (0, 255, 0) if ok else (255, 0, 0), -1)
+    return out
+
+
+def main(args=None):
+    configure_environment()
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = LandmarksNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()

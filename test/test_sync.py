@@ -1,0 +1,83 @@
+"""Stamp synchroniser: exact pairing, tolerance, losses, queue bounds."""
+
+import pytest
+
+from facediff_ros.core.sync import StampSynchronizer, SyncConfig
+
+KEYS = ["color", "depth", "info"]
+MS = 1_000_000
+
+
+def test_exact_stamps_pair_in_any_arrival_order():
+    sync = StampSynchronizer(KEYS)
+    assert sync.add("depth", 100, "d100") == []
+    assert sync.add("info", 100, "i100") == []
+    assert sync.add("color", 100, "c100") == [{"color": "c100", "depth": "d100", "info": "i100"}]
+    assert sync.add("color", 133, "c133") == []
+    assert sync.add("info", 133, "i133") == []
+    assert sync.add("depth", 133, "d133") == [{"color": "c133", "depth": "d133", "info": "i133"}]
+    assert sync.matched == 2 and sum(sync.dropped.values()) == 0
+    assert all(sync.pending(k) == 0 for k in KEYS)
+
+
+def test_exact_match_is_preferred_over_a_nearer_in_tolerance_neighbour():
+    sync = StampSynchronizer(["a", "b"], SyncConfig(tolerance_s=0.010))
+    sync.add("b", 95 * MS, "b95")
+    sync.add("b", 100 * MS, "b100")
+    out = sync.add("a", 100 * MS, "a100")
+    assert out == [{"a": "a100", "b": "b100"}]
+    assert sync.dropped["unpaired_b"] == 1  # b95 was left behind by the match
+
+
+def test_tolerance_pairs_nearest_and_zero_tolerance_does_not():
+    loose = StampSynchronizer(["a", "b"], SyncConfig(tolerance_s=0.005))
+    loose.add("b", 103 * MS, "b103")
+    assert loose.add("a", 100 * MS, "a100") == [{"a": "a100", "b": "b103"}]
+    strict = StampSynchronizer(["a", "b"])
+    strict.add("b", 103 * MS, "b103")
+    assert strict.add("a", 100 * MS, "a100") == []
+    # b is already past 100 ms, so a100 can never be paired: dropped as unpaired.
+    assert strict.dropped["unpaired_a"] == 1 and strict.pending("a") == 0
+
+
+def test_lost_frames_are_counted_and_later_frames_still_pair():
+    sync = StampSynchronizer(KEYS)
+    # Frame 1's depth is lost; frame 2 arrives complete.
+    sync.add("color", 1, "c1")
+    sync.add("info", 1, "i1")
+    sync.add("color", 2, "c2")
+    sync.add("info", 2, "i2")
+    out = sync.add("depth", 2, "d2")
+    assert out == [{"color": "c2", "depth": "d2", "info": "i2"}]
+    assert sync.dropped["unpaired_color"] == 1 and sync.dropped["unpaired_info"] == 1
+    assert all(sync.pending(k) == 0 for k in KEYS)
+
+
+def test_missing_stream_is_bounded_by_queue_size():
+    sync = StampSynchronizer(KEYS, SyncConfig(queue_size=3))
+    for s in range(10):
+        sync.add("color", s, s)
+        sync.add("depth", s, s)
+    assert sync.pending("color") == 3 and sync.pending("depth") == 3
+    assert sync.dropped["overflow_color"] == 7
+    # Depth older than the oldest waiting colour frame can never pair: dropped before overflowing.
+    assert sync.dropped["overflow_depth"] + sync.dropped["unpaired_depth"] == 7
+    assert sync.matched == 0
+    before = sync.dropped["unpaired_depth"]
+    assert sync.add("info", 9, "i9") == [{"color": 9, "depth": 9, "info": "i9"}]
+    # The two older colour/depth frames were left behind by the match.
+    assert sync.dropped["unpaired_color"] == 2 and sync.dropped["unpaired_depth"] == before + 2
+    assert all(sync.pending(k) == 0 for k in KEYS)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="keys"):
+        StampSynchronizer(["a"])
+    with pytest.raises(ValueError, match="keys"):
+        StampSynchronizer(["a", "a"])
+    with pytest.raises(ValueError, match="tolerance_s"):
+        SyncConfig(tolerance_s=-1)
+    with pytest.raises(ValueError, match="queue_size"):
+        SyncConfig(queue_size=0)
+    with pytest.raises(ValueError, match="key"):
+        StampSynchronizer(KEYS).add("nope", 0, None)
