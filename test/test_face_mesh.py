@@ -69,3 +69,29 @@ def test_rendered_face_gives_478_landmarks_with_a_detector_presence(model):
     assert err.max() < 4.0, err
     x0, y0, w, h = f.bbox
     assert x0 <= lm68[:, 0].min() + 5 and x0 + w >= lm68[:, 0].max() - 5
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["tracking", "detection-every-frame"])
+def test_mediapipe_finds_the_actor_in_every_frame_of_the_embedded_sample(static):
+    """Detection rate over the sample sequence; the face's 478 points surround its true landmarks."""
+    from facediff_ros.core.recording import load_ground_truth, play_recording
+    from facediff_ros.nodes.capture import SAMPLE_RECORDING
+    gt = load_ground_truth(SAMPLE_RECORDING)
+    frames = list(play_recording(SAMPLE_RECORDING))
+    assert len(frames) == len(gt["frame"]) >= 30
+    found = 0
+    with FaceMesh(FaceMeshConfig(static_image_mode=static)) as fm:
+        for i, f in enumerate(frames):
+            faces = fm.process(f.color)
+            if not faces:
+                continue
+            found += 1
+            # The ground-truth eye corners and mouth corners (Multi-PIE 37, 46, 49, 55) lie inside
+            # the detected face's landmark box.
+            x, y, w, h = faces[0].bbox
+            pts = gt["landmarks_2d"][i][[36, 45, 48, 54]]
+            assert np.all((pts[:, 0] >= x) & (pts[:, 0] <= x + w) & (pts[:, 1] >= y) & (pts[:, 1] <= y + h))
+    rate = found / len(frames)
+    print(f"MediaPipe detection rate on the sample ({'static' if static else 'tracking'}): "
+          f"{found}/{len(frames)}")
+    assert rate >= 0.95

@@ -46,6 +46,8 @@ import cv2
 import numpy as np
 
 from facediff_ros.core.camera import Intrinsics
+from facediff_ros.core.color import linear_to_srgb as _linear_to_srgb
+from facediff_ros.core.color import srgb_to_linear as _srgb_to_linear
 from facediff_ros.core.morphable_model import DEFAULT_REGIONS, REGIONS, MorphableModel, vertex_normals
 from facediff_ros.core.renderer import Renderer
 
@@ -318,17 +320,6 @@ class _SolidNoise:
             total += amp
             amp *= 0.5
         return out * (2.0 / total)
-
-
-# ---- colour helpers ------------------------------------------------------------------------------
-def _srgb_to_linear(c):
-    c = np.asarray(c, dtype=np.float64)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(c):
-    c = np.clip(c, 0.0, 1.0)
-    return np.where(c <= 0.0031308, 12.92 * c, 1.055 * np.power(c, 1 / 2.4) - 0.055)
 
 
 # Monk Skin Tone scale (Google, 2022): the ten published swatches, light to dark, sRGB.

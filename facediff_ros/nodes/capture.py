@@ -24,19 +24,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from facediff_ros.adapters.dds import configure_environment
 from facediff_ros.adapters.images import to_camera_info_msg, to_image_msg
 from facediff_ros.core import images, sources
 from facediff_ros.nodes import diagnostics as diag
 from facediff_ros.nodes.parameters import QOS_CHOICES, QOS_HELP, NodeParameters, param, qos_profile
+from facediff_ros.nodes.spin import run
 
 # The embedded sample recording (synthetic actor with ground truth beside it).
 SAMPLE_RECORDING = Path(__file__).resolve().parents[1] / "data" / "sample.db3"
@@ -313,19 +311,7 @@ class CaptureNode(Node):
 
 
 def main(args=None):
-    configure_environment()
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = CaptureNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run(CaptureNode, args)
 
 
 if __name__ == "__main__":

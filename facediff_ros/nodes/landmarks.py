@@ -28,14 +28,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 
-from facediff_ros.adapters.dds import configure_environment
 from facediff_ros.adapters.images import from_camera_info_msg, from_image_msg, to_image_msg
 from facediff_ros.core import images
 from facediff_ros.core.face_mesh import SELECTION_RULES, FaceMesh, FaceMeshConfig, select_face
@@ -44,6 +41,7 @@ from facediff_ros.core.sync import StampSynchronizer, SyncConfig
 from facediff_ros.msg import FaceLandmarks
 from facediff_ros.nodes import diagnostics as diag
 from facediff_ros.nodes.parameters import QOS_CHOICES, QOS_HELP, NodeParameters, param, qos_profile
+from facediff_ros.nodes.spin import run
 
 _NAN_POINT = Point(x=math.nan, y=math.nan, z=math.nan)
 # Seconds without any CameraInfo after which colour frames are dropped as "no_camera_info"
@@ -322,19 +320,7 @@ def draw_landmarks(rgb: np.ndarray, uv: np.ndarray, valid: np.ndarray) -> np.nda
 
 
 def main(args=None):
-    configure_environment()
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = LandmarksNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+    run(LandmarksNode, args)
 
 
 if __name__ == "__main__":
