@@ -2,7 +2,9 @@
 
     facediff assets     verify the ICT-FaceKit files and build the model cache (make setup runs it)
     facediff demo       the main job on the embedded sample (not built yet: see README)
-    facediff bench      benchmarks (not built yet: see README)
+    facediff bench      benchmarks: renderer, synthetic actor, capture + landmark nodes (make bench)
+    facediff montage    render the docs montage (identities x expressions, colour + depth) to a PNG
+    facediff params     the nodes' parameter tables (Markdown); --readme FILE rewrites README's tables
 """
 
 from __future__ import annotations
@@ -27,6 +29,58 @@ def _cmd_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_montage(args: argparse.Namespace) -> int:
+    from facediff_ros.montage import make_montage  # imported here: the other commands do not render
+    img = make_montage(args.out, identities=args.identities, size=args.size, seed=args.seed)
+    print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]})")
+    return 0
+
+
+BENCHMARKS = ("facediff_ros.bench.renderer_bench", "facediff_ros.bench.actor_bench",
+              "facediff_ros.bench.nodes_bench")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+    # One process per benchmark: each measures a cold start the same way it does alone.
+    failed = 0
+    for module in BENCHMARKS:
+        print(f"== {module}", flush=True)
+        failed += subprocess.call([sys.executable, "-m", module]) != 0
+    return 1 if failed else 0
+
+
+def node_param_tables() -> dict:
+    """README section name -> Markdown table, from the nodes' parameter dataclasses."""
+    from facediff_ros.nodes.capture import CaptureParams
+    from facediff_ros.nodes.landmarks import LandmarksParams
+    from facediff_ros.nodes.parameters import params_markdown
+    return {"capture": params_markdown(CaptureParams), "landmarks": params_markdown(LandmarksParams)}
+
+
+def readme_with_param_tables(text: str) -> str:
+    """README text with each ``<!-- params:NAME -->`` ... ``<!-- /params:NAME -->`` block regenerated."""
+    for name, table in node_param_tables().items():
+        start, end = f"<!-- params:{name} -->", f"<!-- /params:{name} -->"
+        a, b = text.find(start), text.find(end)
+        if a < 0 or b < a:
+            raise ValueError(f"README has no {start} ... {end} block")
+        text = text[:a + len(start)] + "\n" + table + text[b:]
+    return text
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    if args.readme:
+        from pathlib import Path
+        path = Path(args.readme)
+        path.write_text(readme_with_param_tables(path.read_text()))
+        print(f"updated the parameter tables in {path}")
+        return 0
+    for name, table in node_param_tables().items():
+        print(f"### {name}\n\n{table}")
+    return 0
+
+
 def _cmd_not_built(name: str):
     def run(args: argparse.Namespace) -> int:
         print(f"facediff {name}: not built yet -- see README, 'What is not built yet'.",
@@ -42,8 +96,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = sub.add_parser("assets", help="verify and convert the ICT-FaceKit model into the cache")
     p.add_argument("--rebuild", action="store_true", help="convert again even if the cache is valid")
     p.set_defaults(func=_cmd_assets)
-    for name in ("demo", "bench"):
-        sub.add_parser(name).set_defaults(func=_cmd_not_built(name))
+    p = sub.add_parser("montage", help="render identities x expression categories (colour + depth) to a PNG")
+    p.add_argument("--out", default="docs/montage.png", help="PNG to write")
+    p.add_argument("--identities", type=int, default=4, help="random subjects (rows)")
+    p.add_argument("--size", type=int, default=192, help="pixels per cell side")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_montage)
+    p = sub.add_parser("params", help="print the nodes' parameter tables (Markdown)")
+    p.add_argument("--readme", help="rewrite the tables between the params markers of this file")
+    p.set_defaults(func=_cmd_params)
+    sub.add_parser("bench", help="run the benchmarks").set_defaults(func=_cmd_bench)
+    sub.add_parser("demo").set_defaults(func=_cmd_not_built("demo"))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -152,3 +152,23 @@ class NodeParameters:
         if self._on_change is not None and old != self.config:
             self._on_change(old, self.config)
         return SetParametersResult(successful=True)
+
+
+def params_markdown(config_cls) -> str:
+    """A Markdown table of a parameter dataclass (name, type, default, description): README's source."""
+    rows = ["| parameter | type | default | description |", "|---|---|---|---|"]
+    for f in dataclasses.fields(config_cls):
+        spec = _spec(f)
+        desc = spec["description"]
+        if spec["min"] is not None or spec["max"] is not None:
+            lo = "" if spec["min"] is None else f"{spec['min']} ≤ "
+            hi = "" if spec["max"] is None else f" ≤ {spec['max']}"
+            desc += f" ({lo}value{hi})"
+        if spec["choices"] and not all(str(c) in desc for c in spec["choices"]):
+            desc += " (one of " + ", ".join(f"`{c}`" for c in spec["choices"]) + ")"
+        if spec["read_only"]:
+            desc += " (read-only: set at start-up)"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append(f"| `{f.name}` | {type(default).__name__} | `{default!r}` | "
+                    f"{desc.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
