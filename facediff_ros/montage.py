@@ -33,7 +33,7 @@ from typing import Optional, Tuple, Union
 import cv2
 import numpy as np
 
-from facediff_ros.core import expressions, textures
+from facediff_ros.core import color, expressions, textures
 from facediff_ros.core.actor import ACTOR_REGIONS
 from facediff_ros.core.camera import Intrinsics
 from facediff_ros.core.morphable_model import MorphableModel, rotation_matrix, transform
@@ -118,13 +118,14 @@ def render_montage(config: Optional[MontageConfig] = None,
         identity = (rng.standard_normal(c.identity_modes) * c.identity_sigma).astype(np.float32)
         params = dataclasses.replace(textures.TextureParams.sample(rng), tone=float(tones[row]))
         albedo = textures.procedural_texture(model, params=params, size=c.texture_size)
-        albedo_lin = _srgb_to_linear(albedo)  # shading multiplies linear albedo, as the actor does
+        # Shading multiplies linear albedo, as the actor does.
+        albedo_lin = color.srgb_to_linear(albedo, np.float32)
         y0 = c.label_px + 2 * row * s
         for col, cat in enumerate(cats):
             expr = expressions.category_weights(names, cat, 1.0)
             v = transform(model.vertices(identity, expr), R, t)
             buf = renderer.render(v, tris, tri_uvs, albedo_lin, lighting=Lighting())
-            rgb = np.where(buf.mask[..., None], _linear_to_srgb(buf.color), _BACKGROUND)
+            rgb = np.where(buf.mask[..., None], color.linear_to_srgb(buf.color), _BACKGROUND)
             out[y0:y0 + s, col * s:(col + 1) * s] = np.rint(rgb * 255).astype(np.uint8)
             out[y0 + s:y0 + 2 * s, col * s:(col + 1) * s] = depth_to_color(buf.depth, c.depth_range_m)
         _put_text(out, f"skin tone {tones[row]:.2f}", (4, y0 + int(40 * _font_scale(s))), s)
@@ -194,13 +195,3 @@ def _put_legend(strip: np.ndarray, depth_range_m):
         x = x0 - tw - 6 if right else x0 + bar_w + 6
         cv2.putText(strip, text, (max(0, x), (h + th) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale,
                     (235, 235, 235), 1, cv2.LINE_AA)
-
-
-def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    c = np.asarray(c, dtype=np.float32)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def _linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    c = np.clip(c, 0.0, 1.0)
-    return np.where(c <= 0.0031308, 12.92 * c, 1.055 * np.power(c, 1 / 2.4) - 0.055)
