@@ -1,7 +1,7 @@
 """`facediff` command line: set-up checks and the package's jobs.
 
     facediff assets     verify the ICT-FaceKit files and build the model cache (make setup runs it)
-    facediff demo       the main job on the embedded sample (not built yet: see README)
+    facediff demo       capture + landmark nodes on the embedded sample, checked against its ground truth
     facediff bench      benchmarks: renderer, synthetic actor, capture + landmark nodes (make bench)
     facediff montage    render the docs montage (identities x expressions, colour + depth) to a PNG
     facediff params     the nodes' parameter tables (Markdown); --readme FILE rewrites README's tables
@@ -81,12 +81,9 @@ def _cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_not_built(name: str):
-    def run(args: argparse.Namespace) -> int:
-        print(f"facediff {name}: not built yet -- see README, 'What is not built yet'.",
-              file=sys.stderr)
-        return 3
-    return run
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from facediff_ros.demo import run_demo  # imported here: it loads rclpy
+    return int(run_demo(duration_s=args.duration, frames=args.frames)["returncode"])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -106,7 +103,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--readme", help="rewrite the tables between the params markers of this file")
     p.set_defaults(func=_cmd_params)
     sub.add_parser("bench", help="run the benchmarks").set_defaults(func=_cmd_bench)
-    sub.add_parser("demo").set_defaults(func=_cmd_not_built("demo"))
+    p = sub.add_parser("demo", help="run capture + landmarks on the embedded sample and print a summary")
+    p.add_argument("--frames", type=int, help="use the sample's first N frames (default: all of them)")
+    p.add_argument("--duration", type=float, help="longest time (s) to collect frames")
+    p.set_defaults(func=_cmd_demo)
     args = parser.parse_args(argv)
     return args.func(args)
 

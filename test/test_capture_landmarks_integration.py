@@ -50,16 +50,12 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from facediff_ros.adapters.dds import configure_environment  # noqa: E402
-from facediff_ros.core.camera import Intrinsics  # noqa: E402
+from facediff_ros.core import landmark_eval  # noqa: E402
+from facediff_ros.core.landmark_eval import MP_FOR_68  # noqa: E402,F401 - the subset the docstring names
 from facediff_ros.msg import FaceLandmarks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 30  # frames of the recording written when the sample is not installed
-# Multi-PIE 68 index (0-based) -> MediaPipe face mesh index, for points both define the same way:
-# eye corners, nasion, nose tip, subnasale, mouth corners, lip midpoints, chin. Eyebrows and the
-# jaw contour are left out: their definitions differ (contour points slide with the head's turn).
-MP_FOR_68 = {36: 33, 39: 133, 42: 362, 45: 263, 27: 168, 30: 4, 33: 2, 48: 61, 54: 291, 51: 0,
-             57: 17, 62: 13, 66: 14, 8: 152}
 MAX_MEAN_2D_PX = 3.0
 MAX_MEAN_3D_MM = 7.0
 MAX_MEAN_2D_PX_TABLE = 2.0
@@ -83,17 +79,6 @@ def _ground_truth_source(tmp_path):
     return ["-p", "source:=recording", "-p", f"recording_path:={path}"], recording.load_ground_truth(path)
 
 
-def _correspondence():
-    """(Correspondence, MorphableModel) when the table is installed, else None."""
-    try:
-        from facediff_ros.core.correspondence import Correspondence
-        corr = Correspondence.load()
-    except (ImportError, ValueError):
-        return None
-    from facediff_ros.core.morphable_model import MorphableModel
-    return corr, MorphableModel.load()
-
-
 def _spin_until(executor, cond, deadline):
     while time.monotonic() < deadline:
         if cond():
@@ -110,15 +95,10 @@ def test_capture_and_landmarks_processes_against_ground_truth(tmp_path):
     start = time.monotonic()
     deadline = start + DEADLINE_S
     capture_params, gt = _ground_truth_source(tmp_path)
-    fx, fy, cx, cy, width, height = gt["intrinsics"]
-    intr = Intrinsics(fx, fy, cx, cy, int(width), int(height))
+    intr = landmark_eval.ground_truth_intrinsics(gt)
     frames = len(gt["frame"])
-    gt_ns = np.rint(np.asarray(gt["timestamp"], np.float64) * 1e9).astype(np.int64)
-
-    def index_of(stamp_ns):
-        """The ground-truth frame recorded at this stamp (within 1 us: ms stored with 6 decimals)."""
-        i = int(np.argmin(np.abs(gt_ns - stamp_ns)))
-        return i if abs(int(gt_ns[i]) - stamp_ns) < 1_000 else None
+    # The ground-truth frame recorded at a stamp (within 1 us: ms stored with 6 decimals).
+    index_of = landmark_eval.FrameLookup(gt).index_of
 
     env = configure_environment(dict(os.environ))
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("landmarks", "capture")}
@@ -220,45 +200,30 @@ def test_capture_and_landmarks_processes_against_ground_truth(tmp_path):
     lms = got["landmarks"]
     assert len(lms) >= 0.8 * len(got["color"]), f"landmarks for {len(lms)} of {len(got['color'])} frames"
     assert set(lms) <= set(got["color"]), "a landmark stamp that no colour image carried"
-    k68 = np.array(list(MP_FOR_68))
-    kmp = np.array(list(MP_FOR_68.values()))
-    table = _correspondence()
-    err2, err3, valid_frac, terr2, terr3 = [], [], [], [], []
+    table = landmark_eval.load_table()
+    per_frame = []
     for stamp, m in lms.items():
         assert m.header.frame_id == frame_id
         assert (m.image_width, m.image_height) == (intr.width, intr.height)
         assert len(m.u) == len(m.v) == len(m.points) == len(m.valid) == 478
         assert 0 < m.presence <= 1
-        i = indices[stamp]
-        lm2, lm3, visible = gt["landmarks_2d"][i], gt["landmarks_3d"][i], gt["landmarks_visible"][i]
         uv = np.stack([m.u, m.v], 1)
         pts = np.array([[p.x, p.y, p.z] for p in m.points])
         valid = np.asarray(m.valid, bool)
         assert np.isnan(pts[~valid]).all() and np.isfinite(pts[valid]).all()
-        vis = visible[k68]
-        err2.append(np.linalg.norm(uv[kmp] - lm2[k68], axis=1)[vis])
-        ok = vis & valid[kmp]
-        err3.append(np.linalg.norm(pts[kmp] - lm3[k68], axis=1)[ok] * 1000.0)
-        valid_frac.append(valid.mean())
-        if table is not None:
-            corr, model = table
-            v = model.vertices(gt["identity"], gt["expression"][i]) @ gt["R"][i].T + gt["t"][i]  # (V, 3)
-            ref = corr.points(v)  # (478, 3) camera frame
-            stable = corr.stable & (np.arange(478) < 468)  # mesh points (iris: eyeball, not skin)
-            terr2.append(np.linalg.norm(uv - intr.project(ref), axis=1)[stable])
-            terr3.append(np.linalg.norm(pts - ref, axis=1)[stable & valid] * 1000.0)
-    err2, err3 = np.concatenate(err2), np.concatenate(err3)
-    report = (f"{len(lms)} frames: mean 2D {err2.mean():.2f} px (p90 {np.percentile(err2, 90):.2f}), "
-              f"mean 3D {err3.mean():.2f} mm (p90 {np.percentile(err3, 90):.2f}), "
-              f"valid depth on {np.mean(valid_frac):.1%} of landmarks, {time.monotonic() - start:.1f} s")
+        per_frame.append(landmark_eval.frame_errors(uv, pts, valid, gt, indices[stamp], *(table or ()),
+                                                    intrinsics=intr))
+    e = landmark_eval.summarize(per_frame)
+    report = (f"{len(lms)} frames: mean 2D {e.mean_2d_px:.2f} px (p90 {e.p90_2d_px:.2f}), "
+              f"mean 3D {e.mean_3d_mm:.2f} mm (p90 {e.p90_3d_mm:.2f}), "
+              f"valid depth on {e.valid_fraction:.1%} of landmarks, {time.monotonic() - start:.1f} s")
     if table is not None:
-        terr2, terr3 = np.concatenate(terr2), np.concatenate(terr3)
-        report += (f"; correspondence table ({int(table[0].stable[:468].sum())} stable landmarks): "
-                   f"mean 2D {terr2.mean():.2f} px, mean 3D {terr3.mean():.2f} mm")
+        report += (f"; correspondence table ({e.table_landmarks} stable landmarks): "
+                   f"mean 2D {e.table_mean_2d_px:.2f} px, mean 3D {e.table_mean_3d_mm:.2f} mm")
     print(report)
-    assert err2.mean() < MAX_MEAN_2D_PX, report
-    assert err3.mean() < MAX_MEAN_3D_MM, report
-    assert np.mean(valid_frac) > 0.8, report
+    assert e.mean_2d_px < MAX_MEAN_2D_PX, report
+    assert e.mean_3d_mm < MAX_MEAN_3D_MM, report
+    assert e.valid_fraction > 0.8, report
     if table is not None:
-        assert terr2.mean() < MAX_MEAN_2D_PX_TABLE, report
-        assert terr3.mean() < MAX_MEAN_3D_MM_TABLE, report
+        assert e.table_mean_2d_px < MAX_MEAN_2D_PX_TABLE, report
+        assert e.table_mean_3d_mm < MAX_MEAN_3D_MM_TABLE, report
