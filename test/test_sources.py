@@ -102,3 +102,22 @@ def test_synthetic_source_matches_the_actor_and_ends():
     assert [f.frame_number for f in frames] == [0, 1]
     np.testing.assert_array_equal(frames[1].color, truth.color)
     np.testing.assert_array_equal(frames[1].depth, truth.depth)
+
+
+def test_realtime_playback_follows_the_recorded_frame_rate_across_loops(small_recording):
+    """Paced by the frames' stamps (30 Hz here), not by how fast the file was written (faster)."""
+    import time
+    path, frames = small_recording
+    src = sources.RecordingSource(sources.RecordingConfig(str(path), loop=True, realtime=True))
+    src.open()
+    try:
+        first = src.read()
+        start = time.monotonic()
+        stamps = [src.read().stamp for _ in range(3 * len(frames))]  # three passes over the loop
+        elapsed = time.monotonic() - start
+    finally:
+        src.close()
+    assert stamps.count(first.stamp) >= 2  # it did loop
+    period = 1.0 / 30
+    # Sleeping can only make it slower: the lower bound is strict, the upper one leaves room for load.
+    assert len(stamps) * period * 0.97 <= elapsed <= len(stamps) * period * 1.5

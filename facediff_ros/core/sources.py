@@ -268,6 +268,10 @@ class RecordingSource(_PipelineSource):
         super().__init__(config.timeout_ms, config.force_align)
         self.config = config
         self._playback = None
+        self._pace_origin = None  # (monotonic s, frame stamp s) the pacing counts from
+        self._last_stamp = 0.0
+        self._last_due = 0.0  # monotonic time the last frame was due
+        self._interval = 1.0 / 30  # s between frames, measured from the stamps once two arrive
 
     def _configure(self, config) -> None:
         path = Path(self.config.path).expanduser()
@@ -280,7 +284,29 @@ class RecordingSource(_PipelineSource):
 
     def _started(self, profile) -> None:
         self._playback = profile.get_device().as_playback()
-        self._playback.set_real_time(bool(self.config.realtime))
+        # librealsense's real-time playback follows the wall clock of the *writer* (a synthetic
+        # recording written at 37 fps plays at 37 fps), so playback runs as fast as read() asks
+        # and read() paces by the frames' own timestamps instead.
+        self._playback.set_real_time(False)
+        self._pace_origin = None
+
+    def read(self) -> CapturedFrame:
+        frame = super().read()
+        if self.config.realtime:
+            now = time.monotonic()
+            if self._pace_origin is None:
+                self._pace_origin = (now, frame.stamp)
+            elif frame.stamp < self._last_stamp:
+                # The recording looped: its first frame comes one frame interval after its last.
+                self._pace_origin = (self._last_due + self._interval, frame.stamp)
+            else:
+                self._interval = frame.stamp - self._last_stamp or self._interval
+            due = self._pace_origin[0] + (frame.stamp - self._pace_origin[1])
+            if due > now:
+                time.sleep(due - now)
+            self._last_due = due
+            self._last_stamp = frame.stamp
+        return frame
 
     def _ended(self) -> bool:
         return (not self.config.loop and self._playback is not None
