@@ -326,3 +326,15 @@ def test_capture_default_source_falls_back_to_synthetic_when_the_sample_is_missi
     assert isinstance(source, sources.RecordingSource) and note == ""
     source, _ = capture.make_source(capture.CaptureParams(source="realsense", serial_number="123"))
     assert isinstance(source, sources.RealSenseSource) and source.config.serial_number == "123"
+
+
+def test_landmarks_diagnostics_tell_no_input_from_waiting_from_no_face(landmarks):
+    n = landmarks
+    assert n.diagnostic_status().message == "no colour images received in the last 2 s"
+    c, d, i = _good(40)
+    n.on_color(c)  # colour arrives, its partners do not: nothing processed yet
+    status = n.diagnostic_status()
+    assert status.level == b"\x01" and "no result yet" in status.message
+    _feed(n, *_good(41))  # a full, faceless frame
+    status = n.diagnostic_status()
+    assert status.level == b"\x01" and "no face is found" in status.message

@@ -278,8 +278,12 @@ class LandmarksNode(Node):
         elif self.rate_drop.rate() > 0 and self.rate_no_face.rate() == 0:
             level = diag.ERROR
             msg = f"input arrives ({rin:.1f} Hz) but every frame is dropped; last: {self.last_drop}"
-        else:
+        elif self.rate_no_face.rate() > 0:
             level, msg = diag.WARN, f"input arrives ({rin:.1f} Hz) but no face is found"
+        else:
+            # Neither faces nor misses yet: the first frames are still being processed (MediaPipe
+            # starts in ~1 s) or wait for their depth/CameraInfo partners.
+            level, msg = diag.WARN, f"input arrives ({rin:.1f} Hz); no result yet"
         values = {"rate_in_hz": rin, "rate_out_hz": rout}
         values.update(c)
         values.update({f"sync_{k}": v for k, v in self.sync.dropped.items()})
