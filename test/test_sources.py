@@ -35,11 +35,11 @@ def test_recording_plays_every_frame_once_bit_exact_then_ends(small_recording):
         frames = _read_all(src)
     finally:
         src.close()
-    # The first frames may be lost while the pipeline starts (librealsense plays on before the
-    # first wait_for_frames, or hands out a frame without its partner); every later frame comes
-    # once, in order, to the end.
+    # The first frame may still be lost while the pipeline starts (the source rewinds the file
+    # once the pipeline's sensors listen, which makes that rarer, not impossible); every later
+    # frame comes once, in order, to the end.
     numbers = [f.frame_number for f in frames]
-    assert numbers == list(range(numbers[0], 6)) and len(numbers) >= 4
+    assert numbers == list(range(numbers[0], 6)) and numbers[0] <= 1
     for f in frames:
         t = truth[f.frame_number]
         np.testing.assert_array_equal(f.color, t.color)
