@@ -30,3 +30,11 @@ def test_profile_has_a_shm_segment_for_several_vga_clouds_and_udp():
     used = [e.text for e in participant.iterfind(".//d:userTransports/d:transport_id", NS)]
     assert sorted(used) == sorted(transports)
     assert participant.findtext(".//d:useBuiltinTransports", namespaces=NS) == "false"
+
+
+def test_participants_announce_themselves_often_enough_for_a_quick_join():
+    root = ET.parse(dds.profile_path()).getroot()
+    period = root.find(".//d:participant//d:discovery_config/d:leaseAnnouncement", NS)
+    seconds = (int(period.findtext("d:sec", namespaces=NS))
+               + int(period.findtext("d:nanosec", namespaces=NS)) * 1e-9)
+    assert 0 < seconds <= 1.0
