@@ -56,6 +56,19 @@ def test_torch_matches_numpy_and_has_gradients(model):
     np.testing.assert_allclose(ti.grad.numpy(), model.identity_basis[:, 1234, 2], atol=1e-7)
 
 
+def test_torch_vertex_subsets_are_never_confused(model):
+    """A new subset array (even one that reuses a freed array's id) gets its own vertices."""
+    ident = torch.zeros(1, 5)
+
+    def subset(ids):  # the index array is a temporary, freed on return: its id() is soon reused
+        return model.vertices(ident, None, vertex_ids=np.array(ids))
+
+    subsets = [[0, 1, 2], [100, 200, 300], [9000, 5, 7], [0, 1, 2]]
+    results = [subset(ids) for ids in subsets]
+    for ids, got in zip(subsets, results):
+        np.testing.assert_array_equal(got[0].detach().numpy(), model.neutral[ids])
+
+
 def test_face_looks_at_a_camera_in_front(model):
     tris, tri_uvs, poly = model.triangles()
     v = model.vertices()

@@ -244,13 +244,17 @@ class MorphableModel:
 
     def _tensor(self, name: str, device, vertex_ids) -> "object":
         import torch
-        key = (name, str(device), None if vertex_ids is None else id(vertex_ids))
+        # Keyed by the subset's contents (an id() could be reused by a later array), so a fitter
+        # that passes the same subset every frame pays the gather once.
+        subset = None if vertex_ids is None else np.asarray(vertex_ids, dtype=np.int64).tobytes()
+        key = (name, str(device), subset)
         t = self._torch_cache.get(key)
         if t is None:
             arr = getattr(self, name)
             if vertex_ids is not None:
                 arr = arr[:, vertex_ids] if arr.ndim == 3 else arr[vertex_ids]
             t = torch.from_numpy(np.ascontiguousarray(arr)).to(device)
+            # Keep the full bases and the newest subset only.
             self._torch_cache = {k: v for k, v in self._torch_cache.items() if k[2] is None or k[2] == key[2]}
             self._torch_cache[key] = t
         return t
