@@ -255,6 +255,52 @@ def test_capture_missing_recording_retries_with_error_status(context):
         node.destroy_node()
 
 
+def test_capture_open_failing_with_a_plain_runtime_error_is_counted_and_retried(context, monkeypatch):
+    """librealsense raises RuntimeError (e.g. from query_devices): the reader thread must survive it."""
+    from facediff_ros.nodes import capture
+
+    class _BrokenOpen(_ScriptedSource):
+        def open(self):
+            self.opened += 1
+            if self.opened <= 2:
+                raise RuntimeError("librealsense: failed to set power state")
+
+    src = _BrokenOpen([_frame()])
+    monkeypatch.setattr(capture, "make_source", lambda p: (src, ""))
+    node = capture.CaptureNode(context=context,
+                               parameter_overrides=[rclpy.parameter.Parameter("retry_initial_s", value=0.01)])
+    try:
+        assert _wait_for(lambda: node.state == "ended"), node.counters.snapshot()
+        counts = node.counters.snapshot()
+        assert counts["error_internal"] == 2 and counts["frames"] == 1 and src.opened == 3
+        assert node._thread.is_alive()
+    finally:
+        node.destroy_node()
+
+
+def test_capture_topic_names_change_safely(context):
+    from rclpy.parameter import Parameter
+
+    from facediff_ros.nodes.capture import CaptureNode
+    node = CaptureNode(context=context, parameter_overrides=[
+        Parameter("recording_path", value="/nonexistent/x.db3")])
+    try:
+        for bad in ("bad name", "cam//era", "9cam"):
+            res = node.set_parameters([Parameter("camera_namespace", value=bad)])[0]
+            assert not res.successful and "camera_namespace" in res.reason
+        assert node.params.config.camera_namespace == "camera"
+        res = node.set_parameters([Parameter("camera_namespace", value="robot/head"),
+                                   Parameter("camera_name", value="rgbd")])
+        assert all(r.successful for r in res)
+        topics = sorted(pub.topic_name for pub in node._pubs.values())
+        assert topics == ["/robot/head/rgbd/aligned_depth_to_color/camera_info",
+                          "/robot/head/rgbd/aligned_depth_to_color/image_raw",
+                          "/robot/head/rgbd/color/camera_info", "/robot/head/rgbd/color/image_raw"]
+        assert node.frame_id == "rgbd_color_optical_frame"
+    finally:
+        node.destroy_node()
+
+
 def test_capture_rejects_invalid_parameters_with_a_reason(context):
     from rclpy.parameter import Parameter
 

@@ -99,6 +99,11 @@ class CaptureParams:
                              f"({self.retry_initial_s})")
         if not self.camera_name or not self.camera_name.replace("_", "a").isalnum():
             raise ValueError(f"camera_name: expected letters, digits and '_', got {self.camera_name!r}")
+        ns = self.camera_namespace.strip("/")
+        if ns and not all(part and part.replace("_", "a").isalnum() and not part[0].isdigit()
+                          for part in ns.split("/")):
+            raise ValueError(f"camera_namespace: expected names of letters, digits and '_' separated "
+                             f"by '/', got {self.camera_namespace!r}")
 
 
 # Changing these needs the source re-opened; the others apply to the next frame.
@@ -155,20 +160,22 @@ class CaptureNode(Node):
 
     # ---- wiring -------------------------------------------------------------------------------
     def _make_publishers(self, p: CaptureParams) -> None:
-        base = f"{p.camera_namespace}/{p.camera_name}".strip("/")
+        base = f"{p.camera_namespace.strip('/')}/{p.camera_name}".strip("/")
+        # The new publishers exist before the old ones go: a failure leaves the old set working.
+        pubs = {
+            "color": self.create_publisher(Image, f"{base}/color/image_raw", qos_profile(p.color_qos)),
+            "color_info": self.create_publisher(CameraInfo, f"{base}/color/camera_info",
+                                                qos_profile(p.info_qos)),
+            "depth": self.create_publisher(Image, f"{base}/aligned_depth_to_color/image_raw",
+                                           qos_profile(p.depth_qos)),
+            "depth_info": self.create_publisher(CameraInfo, f"{base}/aligned_depth_to_color/camera_info",
+                                                qos_profile(p.info_qos)),
+        }
         with self._lock:
-            for pub in getattr(self, "_pubs", {}).values():
-                self.destroy_publisher(pub)
-            self._pubs = {
-                "color": self.create_publisher(Image, f"{base}/color/image_raw", qos_profile(p.color_qos)),
-                "color_info": self.create_publisher(CameraInfo, f"{base}/color/camera_info",
-                                                    qos_profile(p.info_qos)),
-                "depth": self.create_publisher(Image, f"{base}/aligned_depth_to_color/image_raw",
-                                               qos_profile(p.depth_qos)),
-                "depth_info": self.create_publisher(CameraInfo, f"{base}/aligned_depth_to_color/camera_info",
-                                                    qos_profile(p.info_qos)),
-            }
+            old, self._pubs = getattr(self, "_pubs", {}), pubs
             self.frame_id = f"{p.camera_name}_color_optical_frame"
+        for pub in old.values():
+            self.destroy_publisher(pub)
 
     def _on_params_changed(self, old: CaptureParams, new: CaptureParams) -> None:
         if any(getattr(old, k) != getattr(new, k) for k in _PUBLISHER_FIELDS):
@@ -176,7 +183,7 @@ class CaptureNode(Node):
         if any(getattr(old, k) != getattr(new, k) for k in _SOURCE_FIELDS):
             self._reopen.set()
         if old.diagnostics_period_s != new.diagnostics_period_s:
-            self._diag_timer.cancel()
+            self.destroy_timer(self._diag_timer)
             self._diag_timer = self.create_timer(new.diagnostics_period_s, self.publish_diagnostics)
 
     # ---- frame loop (own thread) ---------------------------------------------------------------
@@ -196,15 +203,17 @@ class CaptureNode(Node):
                     source.close()
                 source, backoff = None, p.retry_initial_s
             if source is None:
-                source, note = make_source(p)
-                self.source_note = note
-                if note:
-                    self.log_limited("source_note", f"capture: {note}")
-                self.source_description = getattr(source, "describe", lambda: type(source).__name__)()
                 try:
+                    source, note = make_source(p)
+                    self.source_note = note
+                    if note:
+                        self.log_limited("source_note", f"capture: {note}")
+                    self.source_description = getattr(source, "describe", lambda: type(source).__name__)()
                     source.open()
-                except sources.SourceError as exc:
-                    self._fail(exc.reason, str(exc))
+                except Exception as exc:  # noqa: BLE001 - librealsense raises plain RuntimeErrors too
+                    reason = exc.reason if isinstance(exc, sources.SourceError) else "internal"
+                    self._fail(reason, f"{exc}" if reason != "internal"
+                               else f"unexpected {type(exc).__name__} opening the source: {exc}")
                     source = None
                     self.state = "retrying"
                     self._reopen.wait(backoff)
@@ -260,15 +269,17 @@ class CaptureNode(Node):
             stamp = Time(seconds=sec, nanoseconds=int(round((frame.stamp - sec) * 1e9))).to_msg()
         else:
             stamp = self.get_clock().now().to_msg()
-        header = Header(stamp=stamp, frame_id=self.frame_id)
-        if p.depth_encoding == "32FC1":
-            depth_msg = to_image_msg(images.depth_mm_to_m(frame.depth), "32FC1", header)
-        else:
-            depth_msg = to_image_msg(frame.depth, "16UC1", header)
-        color_msg = to_image_msg(frame.color, "rgb8", header)
-        info = to_camera_info_msg(frame.intrinsics, header)
-        t1 = time.perf_counter()
+        # Under the lock from the frame id to the last publish: a camera_name change between them
+        # would put the old frame id on the new topics.
         with self._lock:
+            header = Header(stamp=stamp, frame_id=self.frame_id)
+            if p.depth_encoding == "32FC1":
+                depth_msg = to_image_msg(images.depth_mm_to_m(frame.depth), "32FC1", header)
+            else:
+                depth_msg = to_image_msg(frame.depth, "16UC1", header)
+            color_msg = to_image_msg(frame.color, "rgb8", header)
+            info = to_camera_info_msg(frame.intrinsics, header)
+            t1 = time.perf_counter()
             self._pubs["color"].publish(color_msg)
             self._pubs["depth"].publish(depth_msg)
             self._pubs["color_info"].publish(info)
@@ -306,7 +317,8 @@ class CaptureNode(Node):
     def destroy_node(self):
         self._stop.set()
         self._reopen.set()
-        self._thread.join(timeout=5.0)
+        # A read blocks at most timeout_s (then the loop sees _stop): wait a little longer.
+        self._thread.join(timeout=self.params.config.timeout_s + 2.0)
         return super().destroy_node()
 
 
