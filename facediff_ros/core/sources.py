@@ -152,8 +152,11 @@ class _PipelineSource:
     def read(self) -> CapturedFrame:
         if self._pipeline is None:
             raise SourceUnavailable("read() before open()")
+        # One deadline for the whole read: sets with one stream only, or repeats, must not
+        # restart it (a stream that stopped would otherwise block read() forever).
+        deadline = time.monotonic() + self._timeout_ms / 1000.0
         while True:
-            frames = self._wait()
+            frames = self._wait(deadline)
             try:
                 c, d = frames.get_color_frame(), frames.get_depth_frame()
             except RuntimeError as exc:
@@ -199,10 +202,11 @@ class _PipelineSource:
                              stamp=float(color.get_timestamp()) / 1000.0,
                              frame_number=int(color.get_frame_number()))
 
-    def _wait(self):
+    def _wait(self, deadline: float):
         # Poll in short slices so that the end of a recording is noticed at once.
-        deadline = time.monotonic() + self._timeout_ms / 1000.0
         while True:
+            if time.monotonic() > deadline:
+                raise SourceTimeout(f"no complete new frame set within {self._timeout_ms} ms")
             try:
                 ok, frames = self._pipeline.try_wait_for_frames(100)
             except RuntimeError as exc:
