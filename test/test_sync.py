@@ -81,3 +81,20 @@ def test_bad_arguments():
         SyncConfig(queue_size=0)
     with pytest.raises(ValueError, match="key"):
         StampSynchronizer(KEYS).add("nope", 0, None)
+
+
+def test_a_looping_recording_with_a_lost_message_recovers_at_once():
+    """Stamps restart at 0; colour 29's depth was lost. The new pass must pair from its first frame."""
+    from facediff_ros.core.sync import StampSynchronizer, SyncConfig
+    sync = StampSynchronizer(["color", "depth"], SyncConfig(queue_size=5))
+    matched = []
+    for i in range(27, 30):
+        matched += sync.add("color", i, f"c{i}")
+        if i != 29:
+            matched += sync.add("depth", i, f"d{i}")
+    for i in range(0, 5):  # the recording looped: stamps go back to 0
+        matched += sync.add("color", i, f"c{i}")
+        matched += sync.add("depth", i, f"d{i}")
+    assert [m["color"] for m in matched] == ["c27", "c28", "c0", "c1", "c2", "c3", "c4"]
+    assert all(m["depth"] == "d" + m["color"][1:] for m in matched)
+    assert sync.resets == 1

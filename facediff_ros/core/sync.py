@@ -54,6 +54,7 @@ class StampSynchronizer:
         self._queues: Dict[str, deque] = {k: deque() for k in keys}
         self.dropped: Counter = Counter()
         self.matched = 0
+        self.resets = 0  # times a stream's stamps went backwards and the queues were cleared
         self.received: Counter = Counter()
 
     def pending(self, key: str) -> int:
@@ -66,6 +67,14 @@ class StampSynchronizer:
             raise ValueError(f"key: unknown stream {key!r}; expected one of {self.keys}")
         q = self._queues[key]
         self.received[key] += 1
+        if q and int(stamp_ns) < q[-1][0]:
+            # Time went backwards on this stream (a recording looped, a bag restarted): what is
+            # queued belongs to the old timeline and would block the new one, so start afresh
+            # (message_filters does the same on a backwards jump).
+            for k, other in self._queues.items():
+                self.dropped[f"unpaired_{k}"] += len(other)
+                other.clear()
+            self.resets += 1
         q.append((int(stamp_ns), item))
         if len(q) > self.config.queue_size:
             q.popleft()
