@@ -11,7 +11,8 @@ realsense2_camera with ``align_depth.enable:=true``)::
     <camera_namespace>/<camera_name>/aligned_depth_to_color/camera_info
 
 Colour, depth and colour CameraInfo are paired by stamp (:mod:`facediff_ros.core.sync`); the
-depth CameraInfo is only checked against the colour one (aligned depth must share its geometry).
+depth CameraInfo only has its size checked against the depth image (aligned depth shares the
+colour geometry, and lifting uses the colour CameraInfo's K).
 Publishes ``face/landmarks`` (facediff_ros/FaceLandmarks, header copied from the colour image),
 optionally ``face/landmarks/debug_image`` (rgb8, landmarks drawn: green with valid depth, red
 without), and ``/diagnostics``. A frame without a face publishes nothing and is counted; bad
