@@ -95,3 +95,24 @@ def test_mediapipe_finds_the_actor_in_every_frame_of_the_embedded_sample(static)
     print(f"MediaPipe detection rate on the sample ({'static' if static else 'tracking'}): "
           f"{found}/{len(frames)}")
     assert rate >= 0.95
+
+
+def test_pixel_convention_is_pinned_by_a_mirror_image(model):
+    """A midline landmark at u in an image is at W - 1 - u in its mirror (pixel-centre convention).
+
+    An edge convention (u = x * W) would give W instead of W - 1: one pixel, far outside the
+    spread measured here (~0.15 px), so the test tells the two apart.
+    """
+    from facediff_ros.core.camera import Intrinsics
+    from facediff_ros.core.morphable_model import transform
+    from facediff_ros.core.renderer import Renderer
+    intr = Intrinsics.from_fov(640, 480, 69.0)
+    tris, _, _ = model.triangles()
+    v = transform(model.vertices(), np.eye(3), (0.0, 0.0, 0.6))
+    buf = Renderer(intr).render(v, tris, vertex_colors=np.full((len(v), 3), 0.8))
+    img = (np.clip(np.where(buf.mask[..., None], buf.color, 0.45), 0, 1) * 255).astype(np.uint8)
+    midline = [1, 2, 4, 0, 13, 14, 17, 152, 168, 6]  # MediaPipe's nose, lips, chin, nasion
+    with FaceMesh(FaceMeshConfig(static_image_mode=True)) as fm:
+        u = fm.process(img)[0].uv[midline, 0]
+        u_mirror = fm.process(np.ascontiguousarray(img[:, ::-1]))[0].uv[midline, 0]
+    assert abs(float(np.mean(u + u_mirror)) - (intr.width - 1)) < 0.35
