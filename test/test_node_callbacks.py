@@ -384,3 +384,17 @@ def test_landmarks_diagnostics_tell_no_input_from_waiting_from_no_face(landmarks
     _feed(n, *_good(41))  # a full, faceless frame
     status = n.diagnostic_status()
     assert status.level == b"\x01" and "no face is found" in status.message
+
+
+def test_an_integer_written_for_a_float_parameter_is_taken_at_start_up(context):
+    """`-p sync_tolerance_s:=0` parses as an int; the node starts with 0.0 instead of refusing."""
+    from rclpy.parameter import Parameter
+
+    from facediff_ros.nodes.landmarks import LandmarksNode
+    node = LandmarksNode(context=context, parameter_overrides=[Parameter("sync_tolerance_s", value=0),
+                                                               Parameter("lift_cluster_gap_m", value=1)])
+    try:
+        assert node.params.config.sync_tolerance_s == 0.0
+        assert node.get_parameter("lift_cluster_gap_m").value == 1.0
+    finally:
+        node.destroy_node()

@@ -114,6 +114,12 @@ class NodeParameters:
                 elif isinstance(default, int) and not isinstance(default, bool):
                     desc.integer_range = [IntegerRange(from_value=int(spec["min"]),
                                                        to_value=int(spec["max"]), step=0)]
+            overrides = getattr(node, "_parameter_overrides", {})  # rclpy keeps them here, unexposed
+            given = overrides.get(name)
+            if isinstance(default, float) and given is not None and given.type_ == Parameter.Type.INTEGER:
+                # `-p x:=0` parses as an integer, which rclpy refuses for a double parameter at
+                # start-up; take it as 0.0 (a later set_parameters with an int is a plain rejection).
+                overrides[name] = Parameter(name, value=float(given.value))
             values[name] = node.declare_parameter(name, default, desc).value
         reason = self._validate(values)
         if reason:
