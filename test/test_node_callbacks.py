@@ -278,45 +278,43 @@ def test_capture_open_failing_with_a_plain_runtime_error_is_counted_and_retried(
         node.destroy_node()
 
 
-def test_capture_topic_names_change_safely(context):
+@pytest.fixture
+def idle_capture(context):
+    """A capture node whose recording does not exist: it retries in the background, publishes nothing."""
     from rclpy.parameter import Parameter
 
     from facediff_ros.nodes.capture import CaptureNode
     node = CaptureNode(context=context, parameter_overrides=[
         Parameter("recording_path", value="/nonexistent/x.db3")])
-    try:
-        for bad in ("bad name", "cam//era", "9cam"):
-            res = node.set_parameters([Parameter("camera_namespace", value=bad)])[0]
-            assert not res.successful and "camera_namespace" in res.reason
-        assert node.params.config.camera_namespace == "camera"
-        res = node.set_parameters([Parameter("camera_namespace", value="robot/head"),
-                                   Parameter("camera_name", value="rgbd")])
-        assert all(r.successful for r in res)
-        topics = sorted(pub.topic_name for pub in node._pubs.values())
-        assert topics == ["/robot/head/rgbd/aligned_depth_to_color/camera_info",
-                          "/robot/head/rgbd/aligned_depth_to_color/image_raw",
-                          "/robot/head/rgbd/color/camera_info", "/robot/head/rgbd/color/image_raw"]
-        assert node.frame_id == "rgbd_color_optical_frame"
-    finally:
-        node.destroy_node()
+    yield node
+    node.destroy_node()
 
 
-def test_capture_rejects_invalid_parameters_with_a_reason(context):
-    from rclpy.parameter import Parameter
+def test_capture_topic_names_change_safely(idle_capture):
+    node = idle_capture
+    for bad in ("bad name", "cam//era", "9cam"):
+        res = node.set_parameters([rclpy.parameter.Parameter("camera_namespace", value=bad)])[0]
+        assert not res.successful and "camera_namespace" in res.reason
+    assert node.params.config.camera_namespace == "camera"
+    res = node.set_parameters([rclpy.parameter.Parameter("camera_namespace", value="robot/head"),
+                               rclpy.parameter.Parameter("camera_name", value="rgbd")])
+    assert all(r.successful for r in res)
+    topics = sorted(pub.topic_name for pub in node._pubs.values())
+    assert topics == ["/robot/head/rgbd/aligned_depth_to_color/camera_info",
+                      "/robot/head/rgbd/aligned_depth_to_color/image_raw",
+                      "/robot/head/rgbd/color/camera_info", "/robot/head/rgbd/color/image_raw"]
+    assert node.frame_id == "rgbd_color_optical_frame"
 
-    from facediff_ros.nodes.capture import CaptureNode
-    node = CaptureNode(context=context, parameter_overrides=[
-        Parameter("recording_path", value="/nonexistent/x.db3")])
-    try:
-        res = node.set_parameters([Parameter("depth_encoding", value="8UC1")])[0]
-        assert not res.successful and "depth_encoding" in res.reason
-        res = node.set_parameters([Parameter("retry_max_s", value=0.1)])[0]
-        assert not res.successful and "retry_max_s" in res.reason
-        assert node.get_parameter("depth_encoding").value == "16UC1"
-        res = node.set_parameters([Parameter("depth_encoding", value="32FC1")])[0]
-        assert res.successful and node.params.config.depth_encoding == "32FC1"
-    finally:
-        node.destroy_node()
+
+def test_capture_rejects_invalid_parameters_with_a_reason(idle_capture):
+    node = idle_capture
+    res = node.set_parameters([rclpy.parameter.Parameter("depth_encoding", value="8UC1")])[0]
+    assert not res.successful and "depth_encoding" in res.reason
+    res = node.set_parameters([rclpy.parameter.Parameter("retry_max_s", value=0.1)])[0]
+    assert not res.successful and "retry_max_s" in res.reason
+    assert node.get_parameter("depth_encoding").value == "16UC1"
+    res = node.set_parameters([rclpy.parameter.Parameter("depth_encoding", value="32FC1")])[0]
+    assert res.successful and node.params.config.depth_encoding == "32FC1"
 
 
 class _Recorder:
