@@ -1,5 +1,6 @@
 """Malformed input into both nodes, in-process: every bad message is a counted drop, never an exception."""
 
+import contextlib
 import time
 
 import numpy as np
@@ -219,14 +220,23 @@ def _wait_for(cond, timeout=10.0):
     return cond()
 
 
-def test_capture_survives_bad_frames_timeouts_and_end_of_recording(context, monkeypatch):
+@contextlib.contextmanager
+def _scripted_capture(context, monkeypatch, src):
+    """A capture node reading from ``src`` with a 10 ms first retry; destroyed on exit."""
     from facediff_ros.nodes import capture
-    src = _ScriptedSource([_frame(), _frame(depth_shape=(60, 80)), sources.SourceTimeout("unplugged"),
-                           _frame(), RuntimeError("librealsense: USB error")])
     monkeypatch.setattr(capture, "make_source", lambda p: (src, ""))
     node = capture.CaptureNode(context=context,
                                parameter_overrides=[rclpy.parameter.Parameter("retry_initial_s", value=0.01)])
     try:
+        yield node
+    finally:
+        node.destroy_node()
+
+
+def test_capture_survives_bad_frames_timeouts_and_end_of_recording(context, monkeypatch):
+    src = _ScriptedSource([_frame(), _frame(depth_shape=(60, 80)), sources.SourceTimeout("unplugged"),
+                           _frame(), RuntimeError("librealsense: USB error")])
+    with _scripted_capture(context, monkeypatch, src) as node:
         assert _wait_for(lambda: node.state == "ended"), node.counters.snapshot()
         counts = node.counters.snapshot()
         assert counts["frames"] == 2
@@ -236,8 +246,6 @@ def test_capture_survives_bad_frames_timeouts_and_end_of_recording(context, monk
         assert src.opened == 3  # first open + one re-open after each failure
         status = node.diagnostic_status()
         assert status.level == b"\x01" and "ended" in status.message
-    finally:
-        node.destroy_node()
 
 
 def test_capture_missing_recording_retries_with_error_status(context):
@@ -257,7 +265,6 @@ def test_capture_missing_recording_retries_with_error_status(context):
 
 def test_capture_open_failing_with_a_plain_runtime_error_is_counted_and_retried(context, monkeypatch):
     """librealsense raises RuntimeError (e.g. from query_devices): the reader thread must survive it."""
-    from facediff_ros.nodes import capture
 
     class _BrokenOpen(_ScriptedSource):
         def open(self):
@@ -266,16 +273,11 @@ def test_capture_open_failing_with_a_plain_runtime_error_is_counted_and_retried(
                 raise RuntimeError("librealsense: failed to set power state")
 
     src = _BrokenOpen([_frame()])
-    monkeypatch.setattr(capture, "make_source", lambda p: (src, ""))
-    node = capture.CaptureNode(context=context,
-                               parameter_overrides=[rclpy.parameter.Parameter("retry_initial_s", value=0.01)])
-    try:
+    with _scripted_capture(context, monkeypatch, src) as node:
         assert _wait_for(lambda: node.state == "ended"), node.counters.snapshot()
         counts = node.counters.snapshot()
         assert counts["error_internal"] == 2 and counts["frames"] == 1 and src.opened == 3
         assert node._thread.is_alive()
-    finally:
-        node.destroy_node()
 
 
 @pytest.fixture
