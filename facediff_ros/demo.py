@@ -38,6 +38,8 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from facediff_ros.nodes.spin import spin_until, stamp_ns
+
 ROOT = Path(__file__).resolve().parents[1]
 MIN_LANDMARK_FRACTION = 0.9
 START_TIMEOUT_S = 60.0    # landmark node up (rclpy + MediaPipe: 0.7 s here; far more on a busy machine)
@@ -47,10 +49,6 @@ STOP_TIMEOUT_S = 10.0     # SIGINT -> exit; then SIGKILL as a last resort
 DIAGNOSTICS_PERIOD_S = 0.25  # the nodes' /diagnostics period here: final counters arrive sooner
 CAMERA = "/camera/camera"
 LEVELS = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}
-
-
-def _stamp_ns(msg) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
 class _NodeProcess:
@@ -127,11 +125,11 @@ class _Listener:
 
     def _keeper(self, key: str) -> Callable:
         def keep(msg) -> None:
-            self.arrivals[key][_stamp_ns(msg)].append(time.monotonic())
+            self.arrivals[key][stamp_ns(msg)].append(time.monotonic())
         return keep
 
     def _on_landmarks(self, msg) -> None:
-        now, stamp = time.monotonic(), _stamp_ns(msg)
+        now, stamp = time.monotonic(), stamp_ns(msg)
         self.arrivals["landmarks"][stamp].append(now)
         color = self.arrivals["color"].get(stamp)
         if color:
@@ -171,16 +169,6 @@ class _Listener:
 
     def all_times(self, key: str) -> List[float]:
         return [t for times in self.arrivals[key].values() for t in times]
-
-
-def _spin_until(executor, cond: Callable[[], bool], deadline: float,
-                abort: Callable[[], bool] = lambda: False) -> bool:
-    """Spin until ``cond()``, ``abort()`` or the monotonic ``deadline``; ``cond()`` at the end."""
-    while time.monotonic() < deadline and not abort():
-        if cond():
-            return True
-        executor.spin_once(timeout_sec=0.05)
-    return cond()
 
 
 def _rate_hz(times) -> float:
@@ -285,9 +273,9 @@ def run_demo(duration_s: Optional[float] = None, frames: Optional[int] = None,
         t0 = time.monotonic()
         procs["landmarks"] = _NodeProcess("landmarks", [
             "-p", f"diagnostics_period_s:={DIAGNOSTICS_PERIOD_S}"], env)
-        ready = _spin_until(executor, lambda: node.count_publishers("/face/landmarks") > 0
-                            and node.count_subscribers(f"{CAMERA}/color/image_raw") > 1,
-                            t0 + START_TIMEOUT_S, died)
+        ready = spin_until(executor, lambda: node.count_publishers("/face/landmarks") > 0
+                           and node.count_subscribers(f"{CAMERA}/color/image_raw") > 1,
+                           t0 + START_TIMEOUT_S, died)
         timings["landmarks_start_s"] = time.monotonic() - t0
         if not ready:
             failure = (f"the landmark node did not come up within {START_TIMEOUT_S:.0f} s"
@@ -300,11 +288,11 @@ def run_demo(duration_s: Optional[float] = None, frames: Optional[int] = None,
             deadline = t0 + collect_s
             # DDS discovery of a new participant takes 0.2-3 s here; frames played before it are
             # lost to whichever reader has not matched yet (best effort), so plays count from then.
-            _spin_until(executor, graph_matched, deadline, died)
+            spin_until(executor, graph_matched, deadline, died)
             t_matched = time.monotonic()
-            _spin_until(executor, lambda: covered() or played_enough(t_matched), deadline, died)
+            spin_until(executor, lambda: covered() or played_enough(t_matched), deadline, died)
             # The last frame's landmarks may still be on their way.
-            _spin_until(executor, covered, min(deadline, time.monotonic() + 1.0), died)
+            spin_until(executor, covered, min(deadline, time.monotonic() + 1.0), died)
             timings["capture_s"] = time.monotonic() - t0
             timings["first_frame_s"] = min(seen.all_times("color"), default=float("nan")) - t0
             timings["matched_s"] = t_matched - t0
@@ -318,10 +306,10 @@ def run_demo(duration_s: Optional[float] = None, frames: Optional[int] = None,
             # Final counters and timings: the capture node's last status, then the landmark node's
             # once no more input arrives.
             t1 = time.monotonic()
-            _spin_until(executor, status_after(": capture", t1), t1 + 2 * DIAGNOSTICS_PERIOD_S + 1.0, died)
+            spin_until(executor, status_after(": capture", t1), t1 + 2 * DIAGNOSTICS_PERIOD_S + 1.0, died)
             stops["capture"] = procs["capture"].stop()
             t1 = time.monotonic()
-            _spin_until(executor, status_after(": landmarks", t1), t1 + 2 * DIAGNOSTICS_PERIOD_S + 1.0)
+            spin_until(executor, status_after(": landmarks", t1), t1 + 2 * DIAGNOSTICS_PERIOD_S + 1.0)
     finally:
         for name in ("capture", "landmarks"):  # the source first: the landmark node then sees no input
             if name in procs and name not in stops:

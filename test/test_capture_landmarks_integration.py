@@ -53,6 +53,7 @@ from facediff_ros.adapters.dds import configure_environment  # noqa: E402
 from facediff_ros.core import landmark_eval  # noqa: E402
 from facediff_ros.core.landmark_eval import MP_FOR_68  # noqa: E402,F401 - the subset the docstring names
 from facediff_ros.msg import FaceLandmarks  # noqa: E402
+from facediff_ros.nodes.spin import spin_until, stamp_ns  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 30  # frames of the recording written when the sample is not installed
@@ -77,18 +78,6 @@ def _ground_truth_source(tmp_path):
     actor = SyntheticActor(ActorConfig(num_frames=FRAMES, seed=1))
     path, _ = recording.write_recording(tmp_path / "actor.db3", actor)
     return ["-p", "source:=recording", "-p", f"recording_path:={path}"], recording.load_ground_truth(path)
-
-
-def _spin_until(executor, cond, deadline):
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        executor.spin_once(timeout_sec=0.05)
-    return cond()
-
-
-def _stamp_ns(msg):
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def test_capture_and_landmarks_processes_against_ground_truth(tmp_path):
@@ -124,7 +113,7 @@ def test_capture_and_landmarks_processes_against_ground_truth(tmp_path):
     diagnostics = {}
 
     def keep(key):
-        return lambda m: got[key].setdefault(_stamp_ns(m), m)
+        return lambda m: got[key].setdefault(stamp_ns(m), m)
 
     base = "/camera/camera"
     node.create_subscription(Image, f"{base}/color/image_raw", keep("color"), qos_profile_sensor_data)
@@ -141,22 +130,22 @@ def test_capture_and_landmarks_processes_against_ground_truth(tmp_path):
         # The landmark node creates its publisher once MediaPipe is loaded: then it is ready, and
         # the capture node may start without frames being lost to start-up.
         start_node("landmarks")
-        assert _spin_until(executor, lambda: node.count_publishers("/face/landmarks") > 0
-                           and node.count_subscribers(f"{base}/color/image_raw") > 1, deadline), log_tail()
+        assert spin_until(executor, lambda: node.count_publishers("/face/landmarks") > 0
+                          and node.count_subscribers(f"{base}/color/image_raw") > 1, deadline), log_tail()
         # Looping: frames published before DDS discovery has matched the readers are lost (best
         # effort), so the recording plays until every frame has been seen.
         start_node("capture", *capture_params, "-p", "loop:=true", "-p", "stamp_source:=device")
-        assert _spin_until(executor, lambda: {index_of(s) for s in got["color"]} >= set(range(frames)),
-                           deadline), \
+        assert spin_until(executor, lambda: {index_of(s) for s in got["color"]} >= set(range(frames)),
+                          deadline), \
             f"saw frames {sorted(str(index_of(s)) for s in got['color'])} of {frames}\n{log_tail()}"
         # Each frame's landmarks follow within a few frame periods (or the next loop).
-        _spin_until(executor, lambda: set(got["landmarks"]) >= set(got["color"]),
-                    min(deadline, time.monotonic() + 5.0))
+        spin_until(executor, lambda: set(got["landmarks"]) >= set(got["color"]),
+                   min(deadline, time.monotonic() + 5.0))
 
         def capture_status():
             return next((s for n, s in diagnostics.items() if n.endswith(": capture")), None)
 
-        assert _spin_until(executor, lambda: capture_status() is not None, deadline), "no capture diagnostics"
+        assert spin_until(executor, lambda: capture_status() is not None, deadline), "no capture diagnostics"
         capture_status = capture_status()
         publishers = [(i.node_namespace, i.node_name) for i in
                       node.get_publishers_info_by_topic(f"{base}/color/image_raw")]

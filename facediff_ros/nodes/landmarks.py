@@ -42,7 +42,7 @@ from facediff_ros.core.sync import StampSynchronizer, SyncConfig
 from facediff_ros.msg import FaceLandmarks
 from facediff_ros.nodes import diagnostics as diag
 from facediff_ros.nodes.parameters import QOS_CHOICES, QOS_HELP, NodeParameters, param, qos_profile
-from facediff_ros.nodes.spin import run
+from facediff_ros.nodes.spin import run, stamp_ns
 
 _NAN_POINT = Point(x=math.nan, y=math.nan, z=math.nan)
 # Seconds without any CameraInfo after which colour frames are dropped as "no_camera_info"
@@ -152,10 +152,6 @@ class LandmarksNode(Node):
                                           SyncConfig(new.sync_tolerance_s, new.sync_queue_size))
 
     # ---- callbacks -----------------------------------------------------------------------------
-    @staticmethod
-    def _stamp_ns(msg) -> int:
-        return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
     def _drop(self, reason: str, message: str) -> None:
         self.counters.add(f"drop_{reason}")
         self.rate_drop.tick()
@@ -190,7 +186,7 @@ class LandmarksNode(Node):
 
     def _add(self, key: str, msg) -> None:
         try:
-            matched = self.sync.add(key, self._stamp_ns(msg), msg)
+            matched = self.sync.add(key, stamp_ns(msg), msg)
         except Exception as exc:  # noqa: BLE001 - a malformed header must not kill the node
             self._drop("bad_header", f"{key}: {exc}")
             return
