@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from facediff_ros.core import assets
+from facediff_ros.core.face import assets
 
 
 def _cmd_assets(args: argparse.Namespace) -> int:
@@ -30,7 +30,7 @@ def _cmd_assets(args: argparse.Namespace) -> int:
 
 
 def _cmd_montage(args: argparse.Namespace) -> int:
-    from facediff_ros.montage import make_montage  # imported here: the other commands do not render
+    from facediff_ros.synthetic.montage import make_montage  # imported here: the other commands do not render
     img = make_montage(args.out, identities=args.identities, size=args.size, seed=args.seed)
     print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]})")
     return 0

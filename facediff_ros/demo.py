@@ -8,7 +8,7 @@ the ground truth), and listens in this process to the camera topics, ``/face/lan
 :data:`MAX_PLAYS` times, or the deadline has passed) it stops both nodes with SIGINT and prints a
 summary: frames captured and landmarks published, the publish rate, the fraction of landmarks with
 valid depth, their error against the actor's ground truth (sample.gt.npz;
-:mod:`facediff_ros.core.landmark_eval`), the nodes' own per-stage timings and the diagnostics
+:mod:`facediff_ros.synthetic.landmark_eval`), the nodes' own per-stage timings and the diagnostics
 levels they reported.
 
 The recording plays in a loop (``loop:=true``), as in the integration test. Played once
@@ -202,7 +202,7 @@ def run_demo(duration_s: Optional[float] = None, frames: Optional[int] = None,
     :returns: the summary; ``returncode`` 0 when landmarks arrived for >= 90% of the frames, else
         non-zero with ``reason``.
     """
-    from facediff_ros.core import landmark_eval, recording
+    from facediff_ros.synthetic import landmark_eval, recording
     from facediff_ros.nodes.capture import SAMPLE_RECORDING
 
     t_start = time.monotonic()

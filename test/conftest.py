@@ -16,5 +16,5 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(10
 @pytest.fixture(scope="session")
 def model():
     """The ICT-FaceKit morphable model from the set-up cache (loaded once per session)."""
-    from facediff_ros.core.morphable_model import MorphableModel
+    from facediff_ros.core.face.morphable_model import MorphableModel
     return MorphableModel.load()

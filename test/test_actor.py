@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from facediff_ros.core.actor import ActorConfig, SensorNoise, SyntheticActor
+from facediff_ros.synthetic.actor import ActorConfig, SensorNoise, SyntheticActor
 from facediff_ros.core.camera import Intrinsics
 
 SMALL = dict(num_frames=6, width=320, height=240, texture_size=256)
@@ -122,7 +122,7 @@ def test_frame_index_is_checked(actor):
 
 def test_recording_round_trip(actor, tmp_path):
     pytest.importorskip("pyrealsense2")
-    from facediff_ros.core.recording import load_ground_truth, play_recording, write_recording
+    from facediff_ros.synthetic.recording import load_ground_truth, play_recording, write_recording
     rec, gt_path = write_recording(tmp_path / "clip.db3", actor, num_frames=5)
     assert rec.is_file() and gt_path.name == "clip.gt.npz"
     frames = [actor.frame(i) for i in range(5)]

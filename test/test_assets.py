@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from facediff_ros.core import assets
+from facediff_ros.core.face import assets
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """capture + landmarks as two real processes over DDS, checked against the synthetic actor's ground truth.
 
 The capture node plays a recording of the synthetic actor (the embedded sample, else one written
-here by facediff_ros.core.recording) with ``stamp_source:=device``, so each message's stamp is the
+here by facediff_ros.synthetic.recording) with ``stamp_source:=device``, so each message's stamp is the
 frame's recorded timestamp and finds it in the ground truth.
 The test subscribes to everything and checks
 
@@ -11,7 +11,7 @@ The test subscribes to everything and checks
   Multi-PIE counterpart among the ground-truth's 68 (:data:`MP_FOR_68`): mean 2D error (px)
   against the projected landmark vertices, mean 3D error (mm) of the lifted points against the
   vertices themselves;
-- when the MediaPipe -> model correspondence table is installed (facediff_ros.core.correspondence),
+- when the MediaPipe -> model correspondence table is installed (facediff_ros.core.face.correspondence),
   the same errors over all its *stable* mesh landmarks, against the table's points on the
   ground-truth mesh (identity, expression and pose from the ground truth).
 
@@ -50,8 +50,8 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from facediff_ros.adapters.dds import configure_environment  # noqa: E402
-from facediff_ros.core import landmark_eval  # noqa: E402
-from facediff_ros.core.landmark_eval import MP_FOR_68  # noqa: E402,F401 - the subset the docstring names
+from facediff_ros.synthetic import landmark_eval  # noqa: E402
+from facediff_ros.synthetic.landmark_eval import MP_FOR_68  # noqa: E402,F401 - the subset the docstring names
 from facediff_ros.msg import FaceLandmarks  # noqa: E402
 from facediff_ros.nodes.spin import spin_until, stamp_ns  # noqa: E402
 
@@ -68,13 +68,13 @@ def _ground_truth_source(tmp_path):
     """Capture parameters and the ground truth (recording.load_ground_truth's dict) they play.
 
     The embedded sample when it is installed (the capture node's default source), else a
-    recording of the default actor (seed 1) written here by facediff_ros.core.recording.
+    recording of the default actor (seed 1) written here by facediff_ros.synthetic.recording.
     """
-    from facediff_ros.core import recording
+    from facediff_ros.synthetic import recording
     from facediff_ros.nodes.capture import SAMPLE_RECORDING
     if SAMPLE_RECORDING.is_file() and recording.ground_truth_path(SAMPLE_RECORDING).is_file():
         return [], recording.load_ground_truth(SAMPLE_RECORDING)
-    from facediff_ros.core.actor import ActorConfig, SyntheticActor
+    from facediff_ros.synthetic.actor import ActorConfig, SyntheticActor
     actor = SyntheticActor(ActorConfig(num_frames=FRAMES, seed=1))
     path, _ = recording.write_recording(tmp_path / "actor.db3", actor)
     return ["-p", "source:=recording", "-p", f"recording_path:={path}"], recording.load_ground_truth(path)

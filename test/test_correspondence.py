@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from facediff_ros.core import correspondence as co
-from facediff_ros.core.morphable_model import REGIONS
+from facediff_ros.core.face import correspondence as co
+from facediff_ros.synthetic import correspondence_builder as cb
+from facediff_ros.core.face.morphable_model import REGIONS
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,8 @@ def test_agrees_with_mediapipe_on_a_new_render(model, table):
     pooled 2.1 px in 12 renders), so 2.5x the pooled median and 2x the pooled p90 leave room for
     an unlucky render while a wrong or shifted table (tens of px) fails.
     """
-    from facediff_ros.core.face_mesh import FaceMesh, FaceMeshConfig
-    view = co.render_view(model, np.random.default_rng(20241125))
+    from facediff_ros.core.landmarks.face_mesh import FaceMesh, FaceMeshConfig
+    view = cb.render_view(model, np.random.default_rng(20241125))
     with FaceMesh(FaceMeshConfig(static_image_mode=True)) as fm:
         faces = fm.process(view.image)
     assert len(faces) == 1
@@ -81,17 +82,17 @@ def test_agrees_with_mediapipe_on_a_new_render(model, table):
     assert np.percentile(err[table.stable], 90) < 2.0 * ref["p90_px"]
     assert np.median(err[co.IRIS]) < 2.5 * table.metadata["residual_iris"]["median_px"]
     # And in 3D: MediaPipe's landmarks lifted onto the true mesh lie near the table's points.
-    tri, _, point = co.backproject(view, uv)
+    tri, _, point = cb.backproject(view, uv)
     r_mm = np.linalg.norm(point - table.points(view.vertices), axis=1)[table.stable & (tri >= 0)] * 1e3
     assert np.median(r_mm) < 2.5 * ref["median_mm"]
 
 
 def test_backproject_recovers_surface_points(model):
     # Project known surface points (vertices of the visible face) and cast their rays back.
-    view = co.render_view(model, np.random.default_rng(7))
+    view = cb.render_view(model, np.random.default_rng(7))
     vid = model.landmarks68[[27, 30, 51, 57, 8]]  # midline: nose bridge and tip, lips, chin (never hidden)
     uv = view.intrinsics.project(view.vertices[vid])
-    tri, bary, point = co.backproject(view, uv)
+    tri, bary, point = cb.backproject(view, uv)
     assert np.all(tri >= 0)
     np.testing.assert_allclose(point, view.vertices[vid], atol=2e-4)
     np.testing.assert_allclose(bary.sum(1), 1.0, atol=1e-9)

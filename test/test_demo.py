@@ -1,6 +1,6 @@
 """`facediff demo` end to end on the embedded sample, and the landmark evaluation it reports.
 
-The evaluation (facediff_ros.core.landmark_eval) is checked on synthetic arrays with known
+The evaluation (facediff_ros.synthetic.landmark_eval) is checked on synthetic arrays with known
 offsets: a landmark moved by (3, 4) px is 5 px off, a point moved 2 mm along z is 2 mm off, and
 only visible points (2D) / visible points with valid depth (3D) count. The demo is checked against
 the same ground-truth thresholds as the capture + landmarks integration test.
@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from facediff_ros.core import landmark_eval
+from facediff_ros.synthetic import landmark_eval
 from facediff_ros.core.camera import Intrinsics
-from facediff_ros.core.correspondence import Correspondence
-from facediff_ros.core.landmark_eval import MP_FOR_68, FrameLookup, frame_errors, summarize
+from facediff_ros.core.face.correspondence import Correspondence
+from facediff_ros.synthetic.landmark_eval import MP_FOR_68, FrameLookup, frame_errors, summarize
 
 K68 = np.array(list(MP_FOR_68))
 KMP = np.array(list(MP_FOR_68.values()))
@@ -153,7 +153,7 @@ def test_demo_runs_the_graph_on_the_sample_within_the_integration_thresholds():
     from test_capture_landmarks_integration import (MAX_MEAN_2D_PX, MAX_MEAN_2D_PX_TABLE, MAX_MEAN_3D_MM,
                                                     MAX_MEAN_3D_MM_TABLE)
 
-    from facediff_ros.core import recording
+    from facediff_ros.synthetic import recording
     from facediff_ros.demo import run_demo
     from facediff_ros.nodes.capture import SAMPLE_RECORDING
 

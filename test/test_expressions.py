@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from facediff_ros.core import expressions as ex
+from facediff_ros.core.face import expressions as ex
 
 
 @pytest.fixture(scope="module")

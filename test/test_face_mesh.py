@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from facediff_ros.core.face_mesh import (NUM_LANDMARKS, DetectedFace, FaceMesh, FaceMeshConfig,
-                                         landmarks_bbox, select_face)
+from facediff_ros.core.landmarks.face_mesh import (NUM_LANDMARKS, DetectedFace, FaceMesh, FaceMeshConfig,
+                                                   landmarks_bbox, select_face)
 
 
 def _face(u0, v0, size):
@@ -49,8 +49,8 @@ def test_config_and_input_validation():
 
 def test_rendered_face_gives_478_landmarks_with_a_detector_presence(model):
     from facediff_ros.core.camera import Intrinsics
-    from facediff_ros.core.morphable_model import transform
-    from facediff_ros.core.renderer import Renderer
+    from facediff_ros.core.face.morphable_model import transform
+    from facediff_ros.core.render.renderer import Renderer
     intr = Intrinsics.from_fov(640, 480, 69.0)
     tris, _, _ = model.triangles()
     v = transform(model.vertices(), np.eye(3), (0.0, 0.0, 0.6))
@@ -74,7 +74,7 @@ def test_rendered_face_gives_478_landmarks_with_a_detector_presence(model):
 @pytest.mark.parametrize("static", [False, True], ids=["tracking", "detection-every-frame"])
 def test_mediapipe_finds_the_actor_in_every_frame_of_the_embedded_sample(static):
     """Detection rate over the sample sequence; the face's 478 points surround its true landmarks."""
-    from facediff_ros.core.recording import load_ground_truth, play_recording
+    from facediff_ros.synthetic.recording import load_ground_truth, play_recording
     from facediff_ros.nodes.capture import SAMPLE_RECORDING
     gt = load_ground_truth(SAMPLE_RECORDING)
     frames = list(play_recording(SAMPLE_RECORDING))
@@ -104,8 +104,8 @@ def test_pixel_convention_is_pinned_by_a_mirror_image(model):
     spread measured here (~0.15 px), so the test tells the two apart.
     """
     from facediff_ros.core.camera import Intrinsics
-    from facediff_ros.core.morphable_model import transform
-    from facediff_ros.core.renderer import Renderer
+    from facediff_ros.core.face.morphable_model import transform
+    from facediff_ros.core.render.renderer import Renderer
     intr = Intrinsics.from_fov(640, 480, 69.0)
     tris, _, _ = model.triangles()
     v = transform(model.vertices(), np.eye(3), (0.0, 0.0, 0.6))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from facediff_ros.core.camera import Intrinsics
-from facediff_ros.core.lifting import LiftingConfig, lift_landmarks, sample_depth
+from facediff_ros.core.landmarks.lifting import LiftingConfig, lift_landmarks, sample_depth
 
 INTR = Intrinsics(600.0, 600.0, 159.5, 119.5, 320, 240)
 

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facediff_ros.montage import MontageConfig, make_montage
+from facediff_ros.synthetic.montage import MontageConfig, make_montage
 
 CATEGORIES = 7  # neutral, happy, sad, surprised, angry, disgusted, fearful
 IDENTITIES, SIZE = 2, 64

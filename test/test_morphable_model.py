@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from facediff_ros.core import assets
-from facediff_ros.core.morphable_model import AXES, REGIONS, rotation_matrix, transform, vertex_normals
+from facediff_ros.core.face import assets
+from facediff_ros.core.face.morphable_model import AXES, REGIONS, rotation_matrix, transform, vertex_normals
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ rclpy = pytest.importorskip("rclpy")
 from std_msgs.msg import Header  # noqa: E402
 
 from facediff_ros.adapters.images import to_camera_info_msg, to_image_msg  # noqa: E402
-from facediff_ros.core import sources  # noqa: E402
+from facediff_ros.core.capture import sources  # noqa: E402
 from facediff_ros.core.camera import Intrinsics  # noqa: E402
 
 INTR = Intrinsics.from_fov(160, 120, 69.0)
@@ -139,8 +139,8 @@ def test_landmarks_depth_camera_info_must_match_depth_size(landmarks):
 
 
 def test_landmarks_on_a_rendered_face_publishes_valid_landmarks(landmarks, model):
-    from facediff_ros.core.morphable_model import transform
-    from facediff_ros.core.renderer import Renderer
+    from facediff_ros.core.face.morphable_model import transform
+    from facediff_ros.core.render.renderer import Renderer
     intr = Intrinsics.from_fov(640, 480, 69.0)
     tris, _, _ = model.triangles()
     v = transform(model.vertices(), np.eye(3), (0.0, 0.0, 0.6))
@@ -364,9 +364,10 @@ def test_capture_publish_frame_one_stamp_frame_id_and_depth_encoding(context, mo
 
 def test_capture_default_source_falls_back_to_synthetic_when_the_sample_is_missing(monkeypatch, tmp_path):
     from facediff_ros.nodes import capture
+    from facediff_ros.synthetic import actor_source
     monkeypatch.setattr(capture, "SAMPLE_RECORDING", tmp_path / "missing.db3")
     source, note = capture.make_source(capture.CaptureParams())
-    assert isinstance(source, sources.SyntheticSource) and "not installed" in note
+    assert isinstance(source, actor_source.SyntheticSource) and "not installed" in note
     (tmp_path / "missing.db3").write_bytes(b"")
     source, note = capture.make_source(capture.CaptureParams())
     assert isinstance(source, sources.RecordingSource) and note == ""

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from facediff_ros.core.camera import Intrinsics
-from facediff_ros.core.morphable_model import transform
-from facediff_ros.core.renderer import Lighting, Renderer
+from facediff_ros.core.face.morphable_model import transform
+from facediff_ros.core.render.renderer import Lighting, Renderer
 
 BACKENDS = ["raster", "raycast"]
 # An off-centre principal point and non-square pixels: the ray of every pixel is checked analytically.
@@ -241,7 +241,7 @@ def test_empty_view_and_bad_input_raise_value_errors():
 
 
 def test_raster_chunks_give_the_same_image(sphere, monkeypatch):
-    from facediff_ros.core import renderer
+    from facediff_ros.core.render import renderer
     unit, faces, _ = sphere
     verts = (unit * 0.1 + [0.02, -0.01, 0.5]).astype(np.float32)
     whole = Renderer(K, backend="raster").render(verts, faces, cull_backfaces=False)

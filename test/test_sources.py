@@ -3,15 +3,16 @@
 import numpy as np
 import pytest
 
-from facediff_ros.core import sources
+from facediff_ros.core.capture import sources
+from facediff_ros.synthetic import actor_source
 
 pytest.importorskip("pyrealsense2")
 
 
 @pytest.fixture(scope="module")
 def small_recording(tmp_path_factory):
-    from facediff_ros.core.actor import ActorConfig, SyntheticActor
-    from facediff_ros.core.recording import write_recording
+    from facediff_ros.synthetic.actor import ActorConfig, SyntheticActor
+    from facediff_ros.synthetic.recording import write_recording
     actor = SyntheticActor(ActorConfig(num_frames=6, width=96, height=72, seed=3, texture_size=128))
     path, _ = write_recording(tmp_path_factory.mktemp("rec") / "small.db3", actor)
     return path, [actor.frame(i) for i in range(6)]
@@ -103,9 +104,9 @@ def test_missing_file_and_missing_camera_raise_source_unavailable(tmp_path):
 
 
 def test_synthetic_source_matches_the_actor_and_ends():
-    from facediff_ros.core.actor import ActorConfig, SyntheticActor
+    from facediff_ros.synthetic.actor import ActorConfig, SyntheticActor
     config = ActorConfig(num_frames=2, width=64, height=48, seed=5, texture_size=128)
-    src = sources.SyntheticSource(config, loop=False, realtime=False)
+    src = actor_source.SyntheticSource(config, loop=False, realtime=False)
     src.open()
     frames = _read_all(src)
     src.close()

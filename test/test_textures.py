@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from facediff_ros.core import textures as tx
+from facediff_ros.core.render import textures as tx
 from facediff_ros.core.camera import Intrinsics
-from facediff_ros.core.morphable_model import REGIONS, rotation_matrix, transform
+from facediff_ros.core.face.morphable_model import REGIONS, rotation_matrix, transform
 
 S = 256  # small textures keep the tests fast; the features scale with the size
 
@@ -161,7 +161,7 @@ def test_bad_params():
 # ---- projection into UV ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def scene(model):
-    from facediff_ros.core.renderer import Lighting, Renderer
+    from facediff_ros.core.render.renderer import Lighting, Renderer
     K = Intrinsics.from_fov(480, 480, 30)
     tris, uvs, poly = tx.atlas_triangles(model)
     # A smooth source texture: bilinear resampling (texture -> image -> texture) then loses little.
@@ -207,7 +207,7 @@ def test_invisible_texels_have_zero_weight(model, scene):
 
 
 def test_accumulate_and_finalize(model, scene):
-    from facediff_ros.core.renderer import Lighting, Renderer
+    from facediff_ros.core.render.renderer import Lighting, Renderer
     K, tris, uvs, tex = scene["K"], scene["tris"], scene["uvs"], scene["tex"]
     tsum = wsum = None
     for yaw in (-0.5, 0.5):

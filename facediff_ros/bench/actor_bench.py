@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from facediff_ros.core.actor import ActorConfig, SyntheticActor
+from facediff_ros.synthetic.actor import ActorConfig, SyntheticActor
 
 
 def main(argv=None) -> float:

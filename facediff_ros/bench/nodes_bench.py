@@ -37,9 +37,11 @@ def run(recording: Optional[str], frames: int, force_align: bool = False) -> Dic
 
     from facediff_ros.adapters.images import (from_camera_info_msg, from_image_msg, to_camera_info_msg,
                                               to_image_msg)
-    from facediff_ros.core import images, sources
-    from facediff_ros.core.face_mesh import FaceMesh, select_face
-    from facediff_ros.core.lifting import lift_landmarks
+    from facediff_ros.core import images
+    from facediff_ros.core.capture import sources
+    from facediff_ros.synthetic import actor_source
+    from facediff_ros.core.landmarks.face_mesh import FaceMesh, select_face
+    from facediff_ros.core.landmarks.lifting import lift_landmarks
     from facediff_ros.nodes.capture import SAMPLE_RECORDING
     from facediff_ros.nodes.landmarks import landmarks_msg
 
@@ -49,7 +51,7 @@ def run(recording: Optional[str], frames: int, force_align: bool = False) -> Dic
                                                                  force_align=force_align))
         what = f"recording {path}" + (" (rs.align forced)" if force_align else "")
     else:
-        source = sources.SyntheticSource(num_frames=frames, loop=True, realtime=False)
+        source = actor_source.SyntheticSource(num_frames=frames, loop=True, realtime=False)
         what = "synthetic actor rendered live (no recording found)"
     source.open()
     fm = FaceMesh()

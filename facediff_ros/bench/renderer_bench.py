@@ -19,8 +19,8 @@ import time
 import numpy as np
 
 from facediff_ros.core.camera import Intrinsics
-from facediff_ros.core.morphable_model import MorphableModel, rotation_matrix, transform
-from facediff_ros.core.renderer import Renderer
+from facediff_ros.core.face.morphable_model import MorphableModel, rotation_matrix, transform
+from facediff_ros.core.render.renderer import Renderer
 
 
 def _time(fn, reps: int) -> float:

@@ -30,8 +30,10 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
+from facediff_ros.adapters import topics
 from facediff_ros.adapters.images import to_camera_info_msg, to_image_msg
-from facediff_ros.core import images, sources
+from facediff_ros.core import images
+from facediff_ros.core.capture import sources
 from facediff_ros.nodes import diagnostics as diag
 from facediff_ros.nodes.parameters import QOS_CHOICES, QOS_HELP, NodeParameters, param, qos_profile
 from facediff_ros.nodes.spin import run
@@ -97,13 +99,7 @@ class CaptureParams:
         if self.retry_max_s < self.retry_initial_s:
             raise ValueError(f"retry_max_s ({self.retry_max_s}) must be >= retry_initial_s "
                              f"({self.retry_initial_s})")
-        if not self.camera_name or not self.camera_name.replace("_", "a").isalnum():
-            raise ValueError(f"camera_name: expected letters, digits and '_', got {self.camera_name!r}")
-        ns = self.camera_namespace.strip("/")
-        if ns and not all(part and part.replace("_", "a").isalnum() and not part[0].isdigit()
-                          for part in ns.split("/")):
-            raise ValueError(f"camera_namespace: expected names of letters, digits and '_' separated "
-                             f"by '/', got {self.camera_namespace!r}")
+        topics.camera_topics(self.camera_namespace, self.camera_name)  # raises ValueError with the reason
 
 
 # Changing these needs the source re-opened; the others apply to the next frame.
@@ -129,9 +125,10 @@ def make_source(p: CaptureParams):
                 f"synthetic actor instead")
     else:
         note = ""
-    from facediff_ros.core.actor import ActorConfig
+    from facediff_ros.synthetic import actor_source  # imported here: it loads the renderer
+    from facediff_ros.synthetic.actor import ActorConfig
     actor = ActorConfig(num_frames=p.synthetic_frames, seed=p.synthetic_seed)
-    return sources.SyntheticSource(actor, loop=p.loop, realtime=p.realtime), note
+    return actor_source.SyntheticSource(actor, loop=p.loop, realtime=p.realtime), note
 
 
 class CaptureNode(Node):
@@ -142,7 +139,8 @@ class CaptureNode(Node):
         self._lock = threading.Lock()
         self._reopen = threading.Event()
         self._stop = threading.Event()
-        self.params = NodeParameters(self, CaptureParams, on_change=self._on_params_changed)
+        self.params = NodeParameters(self, CaptureParams, on_change=self._on_params_changed,
+                                     check=self._check_topics)
         self.counters = diag.Counters()
         self.rate = diag.RateMeter()
         self.times = diag.StageTimes()
@@ -152,28 +150,30 @@ class CaptureNode(Node):
         self.source_note = ""
         self.source_description = ""
         self._make_publishers(self.params.config)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
         self._diag_timer = self.create_timer(self.params.config.diagnostics_period_s,
                                              self.publish_diagnostics)
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
         self._thread.start()
 
     # ---- wiring -------------------------------------------------------------------------------
+    def _check_topics(self, p: CaptureParams) -> None:
+        """Reject names whose full topics would be invalid for this node (e.g. too long)."""
+        topics.check_topics_for_node(topics.camera_topics(p.camera_namespace, p.camera_name).all(),
+                                     self.get_name(), self.get_namespace())
+
     def _make_publishers(self, p: CaptureParams) -> None:
-        base = f"{p.camera_namespace.strip('/')}/{p.camera_name}".strip("/")
+        t = topics.camera_topics(p.camera_namespace, p.camera_name)
         # The new publishers exist before the old ones go: a failure leaves the old set working.
         pubs = {
-            "color": self.create_publisher(Image, f"{base}/color/image_raw", qos_profile(p.color_qos)),
-            "color_info": self.create_publisher(CameraInfo, f"{base}/color/camera_info",
-                                                qos_profile(p.info_qos)),
-            "depth": self.create_publisher(Image, f"{base}/aligned_depth_to_color/image_raw",
-                                           qos_profile(p.depth_qos)),
-            "depth_info": self.create_publisher(CameraInfo, f"{base}/aligned_depth_to_color/camera_info",
-                                                qos_profile(p.info_qos)),
+            "color": self.create_publisher(Image, t.color, qos_profile(p.color_qos)),
+            "color_info": self.create_publisher(CameraInfo, t.color_info, qos_profile(p.info_qos)),
+            "depth": self.create_publisher(Image, t.depth, qos_profile(p.depth_qos)),
+            "depth_info": self.create_publisher(CameraInfo, t.depth_info, qos_profile(p.info_qos)),
         }
         with self._lock:
             old, self._pubs = getattr(self, "_pubs", {}), pubs
-            self.frame_id = f"{p.camera_name}_color_optical_frame"
+            self.frame_id = t.frame_id
         for pub in old.values():
             self.destroy_publisher(pub)
 

@@ -34,10 +34,11 @@ from geometry_msgs.msg import Point
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 
+from facediff_ros.adapters import topics
 from facediff_ros.adapters.images import from_camera_info_msg, from_image_msg, to_image_msg
 from facediff_ros.core import images
-from facediff_ros.core.face_mesh import SELECTION_RULES, FaceMesh, FaceMeshConfig, select_face
-from facediff_ros.core.lifting import LiftingConfig, lift_landmarks
+from facediff_ros.core.landmarks.face_mesh import SELECTION_RULES, FaceMesh, FaceMeshConfig, select_face
+from facediff_ros.core.landmarks.lifting import LiftingConfig, lift_landmarks
 from facediff_ros.core.sync import StampSynchronizer, SyncConfig
 from facediff_ros.msg import FaceLandmarks
 from facediff_ros.nodes import diagnostics as diag
@@ -92,6 +93,7 @@ class LandmarksParams:
 
     def __post_init__(self):
         LiftingConfig(**self.lifting_kwargs())  # raises ValueError for inconsistent lifting values
+        topics.camera_topics(self.camera_namespace, self.camera_name)  # raises ValueError with the reason
 
     def lifting_kwargs(self) -> dict:
         k = self.lift_min_cluster_samples
@@ -112,7 +114,8 @@ class LandmarksNode(Node):
 
     def __init__(self, node_name: str = "landmarks", **kwargs):
         super().__init__(node_name, **kwargs)
-        self.params = NodeParameters(self, LandmarksParams, on_change=self._on_params_changed)
+        self.params = NodeParameters(self, LandmarksParams, on_change=self._on_params_changed,
+                                     check=self._check_topics)
         p = self.params.config
         self.counters = diag.Counters()
         self.rate_in = diag.RateMeter()
@@ -132,18 +135,22 @@ class LandmarksNode(Node):
         self._first_color_time: Optional[float] = None
         self._depth_info: Optional[CameraInfo] = None
 
-        base = f"{p.camera_namespace}/{p.camera_name}".strip("/")
+        cam = topics.camera_topics(p.camera_namespace, p.camera_name)
         qin = qos_profile(p.input_qos)
-        self.create_subscription(Image, f"{base}/color/image_raw", self.on_color, qin)
-        self.create_subscription(Image, f"{base}/aligned_depth_to_color/image_raw", self.on_depth, qin)
-        self.create_subscription(CameraInfo, f"{base}/color/camera_info", self.on_info, qin)
-        self.create_subscription(CameraInfo, f"{base}/aligned_depth_to_color/camera_info",
-                                 self.on_depth_info, qin)
+        self.create_subscription(Image, cam.color, self.on_color, qin)
+        self.create_subscription(Image, cam.depth, self.on_depth, qin)
+        self.create_subscription(CameraInfo, cam.color_info, self.on_info, qin)
+        self.create_subscription(CameraInfo, cam.depth_info, self.on_depth_info, qin)
         qout = qos_profile(p.output_qos)
-        self.pub = self.create_publisher(FaceLandmarks, "face/landmarks", qout)
-        self.debug_pub = self.create_publisher(Image, "face/landmarks/debug_image", qout)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub = self.create_publisher(FaceLandmarks, topics.FACE_LANDMARKS, qout)
+        self.debug_pub = self.create_publisher(Image, topics.FACE_LANDMARKS_DEBUG, qout)
+        self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
         self.create_timer(p.diagnostics_period_s, self.publish_diagnostics)
+
+    def _check_topics(self, p: LandmarksParams) -> None:
+        """Reject names whose full topics would be invalid for this node (e.g. too long)."""
+        topics.check_topics_for_node(topics.camera_topics(p.camera_namespace, p.camera_name).all(),
+                                     self.get_name(), self.get_namespace())
 
     def _on_params_changed(self, old: LandmarksParams, new: LandmarksParams) -> None:
         self.lifting = LiftingConfig(**new.lifting_kwargs())

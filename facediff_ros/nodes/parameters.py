@@ -83,14 +83,19 @@ class NodeParameters:
     :param node: the node to declare on.
     :param config_cls: a dataclass whose fields all have :func:`param` metadata and defaults.
     :param on_change: called as ``on_change(old, new)`` after a change was accepted.
+    :param check: called as ``check(config)`` on every candidate config, start-up included, after
+        the dataclass accepted it; raises ValueError for what only the node can judge (e.g. topic
+        names against the node's own namespace). Runs before anything is applied.
     :raises ValueError: the start-up values (launch file, command line) are invalid.
     """
 
-    def __init__(self, node: Node, config_cls, on_change: Optional[Callable[[Any, Any], None]] = None):
+    def __init__(self, node: Node, config_cls, on_change: Optional[Callable[[Any, Any], None]] = None,
+                 check: Optional[Callable[[Any], None]] = None):
         self._node = node
         self._cls = config_cls
         self._fields = {f.name: f for f in dataclasses.fields(config_cls)}
         self._on_change = on_change
+        self._check = check
         values = {}
         for name, f in self._fields.items():
             spec = _spec(f)
@@ -138,7 +143,9 @@ class NodeParameters:
             if reason:
                 return reason
         try:
-            self._build(values)
+            config = self._build(values)
+            if self._check is not None:
+                self._check(config)
         except (ValueError, TypeError) as exc:
             return str(exc)
         return None
@@ -156,7 +163,13 @@ class NodeParameters:
             return SetParametersResult(successful=False, reason=reason)
         old, self.config = self.config, self._build(values)
         if self._on_change is not None and old != self.config:
-            self._on_change(old, self.config)
+            try:
+                self._on_change(old, self.config)
+            except Exception as exc:  # noqa: BLE001 -- an escaping exception would kill the node
+                # Validation should have caught it; keep node and parameter state as they were.
+                self.config = old
+                self._node.get_logger().error(f"parameter change not applied: {type(exc).__name__}: {exc}")
+                return SetParametersResult(successful=False, reason=f"not applied: {exc}")
         return SetParametersResult(successful=True)
 
 

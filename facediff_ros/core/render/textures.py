@@ -48,8 +48,8 @@ import numpy as np
 from facediff_ros.core.camera import Intrinsics
 from facediff_ros.core.color import linear_to_srgb as _linear_to_srgb
 from facediff_ros.core.color import srgb_to_linear as _srgb_to_linear
-from facediff_ros.core.morphable_model import DEFAULT_REGIONS, REGIONS, MorphableModel, vertex_normals
-from facediff_ros.core.renderer import Renderer
+from facediff_ros.core.face.morphable_model import DEFAULT_REGIONS, REGIONS, MorphableModel, vertex_normals
+from facediff_ros.core.render.renderer import Renderer
 
 # ---- atlas layout --------------------------------------------------------------------------------
 ATLAS_GRID = 4

@@ -227,21 +227,34 @@ class _PipelineSource:
             self._pipeline = None
 
 
+def depth_registered_to_color(dprof, cprof) -> bool:
+    """True when depth is already in the colour camera's geometry: equal intrinsics, no
+    distortion and identity extrinsics (``rs.align`` would only add holes then).
+
+    :param dprof: the depth ``rs.video_stream_profile``.
+    :param cprof: the colour ``rs.video_stream_profile``.
+    """
+    try:
+        a, b = dprof.get_intrinsics(), cprof.get_intrinsics()
+        ex = dprof.get_extrinsics_to(cprof)
+    except RuntimeError:
+        return False
+    same = ((a.width, a.height) == (b.width, b.height)
+            and np.allclose([a.fx, a.fy, a.ppx, a.ppy], [b.fx, b.fy, b.ppx, b.ppy], atol=1e-4)
+            and not any(a.coeffs) and not any(b.coeffs))
+    return bool(same and np.allclose(ex.rotation, np.eye(3).ravel(), atol=1e-6)
+                and np.allclose(ex.translation, 0.0, atol=1e-6))
+
+
 def _registered(profile) -> bool:
-    """True when the started pipeline's depth is already in the colour camera's geometry."""
+    """:func:`depth_registered_to_color` for a started pipeline's profile."""
     import pyrealsense2 as rs
     try:
         d = profile.get_stream(rs.stream.depth).as_video_stream_profile()
         c = profile.get_stream(rs.stream.color).as_video_stream_profile()
-        di, ci = d.get_intrinsics(), c.get_intrinsics()
-        ex = d.get_extrinsics_to(c)
     except RuntimeError:
         return False
-    same = ((di.width, di.height) == (ci.width, ci.height)
-            and np.allclose([di.fx, di.fy, di.ppx, di.ppy], [ci.fx, ci.fy, ci.ppx, ci.ppy], atol=1e-4)
-            and not any(di.coeffs) and not any(ci.coeffs))
-    return bool(same and np.allclose(ex.rotation, np.eye(3).ravel(), atol=1e-6)
-                and np.allclose(ex.translation, 0.0, atol=1e-6))
+    return depth_registered_to_color(d, c)
 
 
 class RealSenseSource(_PipelineSource):
@@ -327,62 +340,3 @@ class RecordingSource(_PipelineSource):
     def close(self) -> None:
         super().close()
         self._playback = None
-
-
-class SyntheticSource:
-    """The synthetic actor (:mod:`facediff_ros.core.actor`) rendered live, paced at its frame rate.
-
-    :param actor_config: an ``ActorConfig``; default: the actor's defaults with ``num_frames``.
-    :param num_frames: frames in the sequence when no ``actor_config`` is given.
-    :param loop: start the sequence again at its end (else :class:`SourceEnded`).
-    :param realtime: sleep to keep the actor's frame rate; False renders as fast as possible.
-    """
-
-    def __init__(self, actor_config=None, num_frames: int = 300, loop: bool = True,
-                 realtime: bool = True):
-        if int(num_frames) < 1:
-            raise ValueError(f"num_frames: expected >= 1, got {num_frames}")
-        self.actor_config = actor_config
-        self.num_frames = int(num_frames)
-        self.loop = loop
-        self.realtime = realtime
-        self._actor = None
-        self._index = 0
-        self._next_due = 0.0
-
-    def describe(self) -> str:
-        return "synthetic actor"
-
-    def open(self) -> None:
-        try:
-            from facediff_ros.core.actor import ActorConfig, SyntheticActor
-            config = self.actor_config or ActorConfig(num_frames=self.num_frames)
-            self._actor = SyntheticActor(config)
-        except (ImportError, OSError, ValueError) as exc:
-            raise SourceUnavailable(f"cannot build the synthetic actor: {exc}") from None
-        self._index = 0
-        self._next_due = time.monotonic()
-
-    def read(self) -> CapturedFrame:
-        if self._actor is None:
-            raise SourceUnavailable("read() before open()")
-        if self._index >= len(self._actor):
-            if not self.loop:
-                raise SourceEnded("the synthetic sequence has ended")
-            self._index = 0
-        period = 1.0 / float(self._actor.config.fps)
-        if self.realtime:
-            delay = self._next_due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            # Late frames do not pile up: the schedule restarts from now when it falls behind.
-            self._next_due = max(self._next_due + period, time.monotonic() - period)
-        f = self._actor.frame(self._index)
-        self._index += 1
-        depth = images.depth_units_to_mm(f.depth, f.depth_scale)
-        return CapturedFrame(color=f.color, depth=depth, intrinsics=f.intrinsics,
-                             depth_scale=float(f.depth_scale), stamp=float(f.timestamp),
-                             frame_number=int(f.index))
-
-    def close(self) -> None:
-        self._actor = None

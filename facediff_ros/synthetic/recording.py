@@ -1,6 +1,6 @@
 """RealSense recordings of the synthetic actor, and a reader for any RealSense recording.
 
-:func:`write_recording` feeds :class:`~facediff_ros.core.actor.SyntheticActor` frames through
+:func:`write_recording` feeds :class:`~facediff_ros.synthetic.actor.SyntheticActor` frames through
 pyrealsense2's ``software_device`` (a "Stereo Module" with a z16 depth stream and an "RGB Camera"
 with an rgb8 colour stream, their intrinsics, the depth-to-colour extrinsics and the depth units)
 into ``rs.recorder``, which writes a rosbag2 SQLite file (``.db3``; librealsense 2.59 refuses
@@ -16,7 +16,7 @@ colour (then rs.align could only add its rounding artefacts: it splats every dep
 
 Faces are biometric data: nothing here writes unless the caller gives a path.
 
-Command: ``python -m facediff_ros.core.recording --out data/sample.db3 --frames 45 --seed 1``.
+Command: ``python -m facediff_ros.synthetic.recording --out data/sample.db3 --frames 45 --seed 1``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from typing import Dict, Iterator, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
-from facediff_ros.core.actor import ActorConfig, SensorNoise, SyntheticActor
+from facediff_ros.synthetic.actor import ActorConfig, SensorNoise, SyntheticActor
 from facediff_ros.core.camera import Intrinsics
+from facediff_ros.core.capture.sources import depth_registered_to_color
 
 PathLike = Union[str, Path]
 
@@ -191,7 +192,7 @@ def play_recording(path: PathLike, realtime: bool = False, align: bool = True,
     fmt = cprof.format()
     if fmt not in _COLOR_FORMATS(rs):
         raise ValueError(f"path: colour format {fmt} is not supported (rgb8, bgr8, rgba8, bgra8)")
-    needs_align = align and (force_rs_align or not _registered(dprof, cprof))
+    needs_align = align and (force_rs_align or not depth_registered_to_color(dprof, cprof))
     aligner = rs.align(rs.stream.color) if needs_align else None
     tolerance_ms = 500.0 / max(cprof.fps(), 1)  # depth and colour of one frameset: within half a period
     queue = rs.frame_queue(64, keep_frames=True)
@@ -323,20 +324,6 @@ def _depth_and_color(rs, device, path):
     if len({id(s) for s, _ in sensors}) != len(sensors):
         raise ValueError(f"path: {path} holds depth and colour on one sensor; not supported")
     return dprof, cprof, sensors
-
-
-def _registered(dprof, cprof) -> bool:
-    """Depth already in the colour camera's frame: equal intrinsics and identity extrinsics."""
-    a, b = dprof.get_intrinsics(), cprof.get_intrinsics()
-    same = (a.width, a.height) == (b.width, b.height) and np.allclose(
-        [a.fx, a.fy, a.ppx, a.ppy], [b.fx, b.fy, b.ppx, b.ppy], atol=1e-4) and not any(a.coeffs) \
-        and not any(b.coeffs)
-    try:
-        ex = dprof.get_extrinsics_to(cprof)
-    except RuntimeError:
-        return False
-    return bool(same and np.allclose(ex.rotation, np.eye(3).ravel(), atol=1e-6)
-                and np.allclose(ex.translation, 0, atol=1e-6))
 
 
 def _COLOR_FORMATS(rs):

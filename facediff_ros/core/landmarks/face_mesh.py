@@ -28,7 +28,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-NUM_LANDMARKS = 478
+NUM_LANDMARKS = 478  # refine_landmarks: 468 mesh points + 10 iris points
+NUM_MESH_LANDMARKS = 468  # 0-467 on the skin
+IRIS = np.arange(468, 478)  # the refined iris points: 468-472 one eye, 473-477 the other
 SELECTION_RULES = ("largest", "closest")
 _BOX_MATCH_IOU = 0.3  # a detection and a landmark box overlapping this much are the same face
 

@@ -22,7 +22,8 @@ import json
 
 import numpy as np
 
-from facediff_ros.core import assets
+from facediff_ros.core.face import assets
+from facediff_ros.core.tensors import is_torch
 
 CM_TO_M = 0.01
 # ICT (y up, face towards +z) -> model frame (y down, face towards -z): rotation of pi about x.
@@ -75,7 +76,7 @@ def _check_coeffs(name: str, x, width_max: int, lo: Optional[float], hi: Optiona
     shape = tuple(x.shape)
     if len(shape) == 0 or shape[-1] > width_max or shape[-1] == 0:
         raise ValueError(f"{name} must have shape (..., K) with 1 <= K <= {width_max}, got {shape}")
-    if _is_torch(x):
+    if is_torch(x):
         import torch
         if not torch.is_floating_point(x):
             raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
@@ -92,10 +93,6 @@ def _check_coeffs(name: str, x, width_max: int, lo: Optional[float], hi: Optiona
         raise ValueError(f"{name} holds NaN or infinite values")
     if lo is not None and x.size and (x.min() < lo - 1e-6 or x.max() > hi + 1e-6):
         raise ValueError(f"{name} must lie in [{lo}, {hi}], got [{x.min()}, {x.max()}]")
-
-
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
 
 
 class MorphableModel:
@@ -223,7 +220,7 @@ class MorphableModel:
         Raises:
             ValueError: wrong shape, non-float dtype, NaN/inf, or out-of-range weights.
         """
-        use_torch = _is_torch(identity) or _is_torch(expression)
+        use_torch = is_torch(identity) or is_torch(expression)
         if identity is not None:
             _check_coeffs("identity", identity, self.num_identity, None, None)
         if expression is not None:
@@ -261,7 +258,7 @@ class MorphableModel:
 
     def _vertices_torch(self, identity, expression, vertex_ids):
         import torch
-        ref = identity if _is_torch(identity) else expression
+        ref = identity if is_torch(identity) else expression
         dev = ref.device
         out = self._tensor("neutral", dev, vertex_ids)  # (M, 3)
         for coeff, name in ((identity, "identity_basis"), (expression, "expression_basis")):
@@ -285,7 +282,7 @@ def vertex_normals(vertices, triangles: np.ndarray):
         (..., V, 3) unit normals (zero for vertices no triangle uses). With the model's winding
         and frame, normals of the face point out of the head.
     """
-    if _is_torch(vertices):
+    if is_torch(vertices):
         import torch
         tri = torch.as_tensor(triangles, device=vertices.device, dtype=torch.long)
         a, b, c = (vertices[..., tri[:, i], :] for i in range(3))  # (..., F, 3)

@@ -33,11 +33,12 @@ from typing import Iterator, Optional, Tuple
 import cv2
 import numpy as np
 
-from facediff_ros.core import expressions, textures
+from facediff_ros.core.face import expressions
+from facediff_ros.core.render import textures
 from facediff_ros.core.camera import Intrinsics
 from facediff_ros.core.color import linear_to_srgb_fast, srgb_to_linear
-from facediff_ros.core.morphable_model import DEFAULT_REGIONS, MorphableModel, rotation_matrix
-from facediff_ros.core.renderer import Lighting, Renderer
+from facediff_ros.core.face.morphable_model import DEFAULT_REGIONS, MorphableModel, rotation_matrix
+from facediff_ros.core.render.renderer import Lighting, Renderer
 
 # Regions rendered: the default ones plus teeth and tongue, which show when the actor speaks.
 ACTOR_REGIONS = tuple(DEFAULT_REGIONS) + ("teeth", "gums_tongue")

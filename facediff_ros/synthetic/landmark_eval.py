@@ -2,14 +2,14 @@
 
 Inputs are the fields of a ``facediff_ros/FaceLandmarks`` message as arrays -- ``uv`` (478, 2) px,
 ``points`` (478, 3) m in the colour camera's optical frame (NaN where not valid), ``valid`` (478,)
--- and the dict of :func:`facediff_ros.core.recording.load_ground_truth`. Two measures:
+-- and the dict of :func:`facediff_ros.synthetic.recording.load_ground_truth`. Two measures:
 
 - **68-point subset** (:data:`MP_FOR_68`): MediaPipe landmarks with a Multi-PIE counterpart among
   the ground truth's 68 points. 2D error (px) against the projected ground-truth points where they
   are visible; 3D error (mm) of the lifted points against the ground-truth points where visible
   and the landmark has valid depth.
-- **correspondence table** (optional, :class:`~facediff_ros.core.correspondence.Correspondence`
-  with the :class:`~facediff_ros.core.morphable_model.MorphableModel`): the same errors over the
+- **correspondence table** (optional, :class:`~facediff_ros.core.face.correspondence.Correspondence`
+  with the :class:`~facediff_ros.core.face.morphable_model.MorphableModel`): the same errors over the
   table's *stable* mesh landmarks (iris points excluded: they lie on the eyeball, not the skin),
   against the table's points on the ground-truth mesh (identity, expression and pose of the frame).
 
@@ -25,9 +25,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from facediff_ros.core.camera import Intrinsics
+from facediff_ros.core.landmarks.face_mesh import NUM_LANDMARKS, NUM_MESH_LANDMARKS
 
-NUM_LANDMARKS = 478
-NUM_MESH_LANDMARKS = 468  # 0-467 on the skin; 468-477 are the refined iris points
 # Multi-PIE 68 index (0-based) -> MediaPipe face mesh index, for points both define the same way:
 # eye corners, nasion, nose tip, subnasale, mouth corners, lip midpoints, chin. Eyebrows and the
 # jaw contour are left out: their definitions differ (contour points slide with the head's turn).
@@ -46,7 +45,7 @@ def ground_truth_intrinsics(gt: Dict[str, np.ndarray]) -> Intrinsics:
 class FrameLookup:
     """Ground-truth frame index of a message stamp: the frame recorded at that time, if any.
 
-    :param gt: a :func:`~facediff_ros.core.recording.load_ground_truth` dict (its ``timestamp`` (N,) s).
+    :param gt: a :func:`~facediff_ros.synthetic.recording.load_ground_truth` dict (its ``timestamp`` (N,) s).
     :param tolerance_ns: largest stamp difference still taken as the same frame.
     """
 
@@ -99,7 +98,7 @@ def frame_errors(uv, points, valid, gt: Dict[str, np.ndarray], index: int,
     :param uv: (478, 2) landmark pixel coordinates (FaceLandmarks ``u``, ``v``).
     :param points: (478, 3) lifted points, metres, colour optical frame; rows not ``valid`` are ignored.
     :param valid: (478,) bool, the landmark has a depth measurement.
-    :param gt: a :func:`~facediff_ros.core.recording.load_ground_truth` dict.
+    :param gt: a :func:`~facediff_ros.synthetic.recording.load_ground_truth` dict.
     :param index: the ground-truth frame (:meth:`FrameLookup.index_of` of the message stamp).
     :param correspondence: optional Correspondence table; needs ``model`` too.
     :param model: the MorphableModel the ground truth's identity/expression coefficients belong to.
@@ -193,9 +192,9 @@ def summarize(errors: Sequence[FrameErrors]) -> ErrorSummary:
 def load_table():
     """(Correspondence, MorphableModel) when the table and the model cache are installed, else None."""
     try:
-        from facediff_ros.core.correspondence import Correspondence
+        from facediff_ros.core.face.correspondence import Correspondence
         corr = Correspondence.load()
     except (ImportError, ValueError):
         return None
-    from facediff_ros.core.morphable_model import MorphableModel
+    from facediff_ros.core.face.morphable_model import MorphableModel
     return corr, MorphableModel.load()

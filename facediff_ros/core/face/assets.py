@@ -14,7 +14,7 @@ differently packed archive of the same commit is accepted). The OBJs are parsed 
 with the upstream LICENSE and a manifest beside it. Nothing here is committed to git.
 
 Units in the cache are the upstream ones (centimetres, ICT model frame: y up, face towards +z);
-:mod:`facediff_ros.core.morphable_model` converts to metres and the optical convention.
+:mod:`facediff_ros.core.face.morphable_model` converts to metres and the optical convention.
 """
 
 from __future__ import annotations
@@ -372,7 +372,7 @@ def iter_upstream_files(location: Path, wanted: Iterable[str]) -> Iterator[Tuple
 
 def repository_root() -> Path:
     """The source checkout this module lives in (for ../shared); meaningless once installed."""
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]
 
 
 def find_source(download_dir: Optional[Path] = None) -> Path:

@@ -3,7 +3,7 @@
 ``facediff montage --out docs/montage.png`` (or :func:`make_montage`) renders several random
 subjects of the ICT-FaceKit model -- identity N(0, 0.8) on the first 30 modes, a procedural
 albedo whose skin tones are spread evenly from light to dark along the Monk scale -- in each of
-the seven categories of :mod:`facediff_ros.core.expressions` at intensity 1, and lays the renders
+the seven categories of :mod:`facediff_ros.core.face.expressions` at intensity 1, and lays the renders
 out in a grid:
 
 * a header strip (``MontageConfig.label_px`` high) with the category names;
@@ -33,11 +33,13 @@ from typing import Optional, Tuple, Union
 import cv2
 import numpy as np
 
-from facediff_ros.core import color, expressions, textures
-from facediff_ros.core.actor import ACTOR_REGIONS
+from facediff_ros.core import color
+from facediff_ros.core.face import expressions
+from facediff_ros.core.render import textures
+from facediff_ros.synthetic.actor import ACTOR_REGIONS
 from facediff_ros.core.camera import Intrinsics
-from facediff_ros.core.morphable_model import MorphableModel, rotation_matrix, transform
-from facediff_ros.core.renderer import Lighting, Renderer
+from facediff_ros.core.face.morphable_model import MorphableModel, rotation_matrix, transform
+from facediff_ros.core.render.renderer import Lighting, Renderer
 
 _BACKGROUND = 0.16  # sRGB grey behind the colour renders (depth cells stay black where empty)
 

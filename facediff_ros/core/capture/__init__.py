@@ -1,0 +1,1 @@
+"""Stage 1, capture: frame sources (RealSense camera, recording) and a frame's arrays for publishing."""

@@ -1,0 +1,1 @@
+"""Stage 3, face model: ICT-FaceKit assets, the morphable model, expression categories, correspondence."""

@@ -1,0 +1,1 @@
+"""Stage 4, rendering: the RGB-D rasteriser and UV textures (atlas, procedural, projected)."""
