@@ -99,7 +99,11 @@ def _docstring_table():
 
 def _au_map():
     """AU token -> ICT shape stem, from the docstring's 'AU1 -> browInnerUp, ...' sentence."""
-    return dict(re.findall(r"AU(\d+(?:/\d+)?) -> (\w+)", ex.__doc__))
+    out = {}
+    for aus, stem in re.findall(r"AU(\d+(?:/\d+)?) -> (\w+)", ex.__doc__):
+        for au in [aus] + aus.split("/"):  # "26/27" also maps 26 and 27 on their own
+            out[au] = stem
+    return out
 
 
 def _stems(proto):
