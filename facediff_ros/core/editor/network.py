@@ -46,9 +46,10 @@ class EditorNetConfig:
 
     def __post_init__(self):
         if len(self.channels) < 1 or any(c % self.groups for c in self.channels):
-            raise ValueError(f"channels {self.channels}: expected non-empty multiples of groups={self.groups}")
-        if self.crop_size % (2 ** (len(self.channels) - 1)):
-            raise ValueError(f"crop_size {self.crop_size} must be divisible by {2 ** (len(self.channels) - 1)}")
+            raise ValueError(f"channels {self.channels}: expected multiples of groups={self.groups}")
+        factor = 2 ** (len(self.channels) - 1)  # one halving per level below the top
+        if self.crop_size % factor:
+            raise ValueError(f"crop_size {self.crop_size}: expected a multiple of {factor}")
 
     @property
     def in_channels(self) -> int:
