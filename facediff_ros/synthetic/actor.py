@@ -38,7 +38,7 @@ from facediff_ros.core.render import textures
 from facediff_ros.core.camera import Intrinsics
 from facediff_ros.core.color import linear_to_srgb_fast, srgb_to_linear
 from facediff_ros.core.face.morphable_model import DEFAULT_REGIONS, MorphableModel, rotation_matrix
-from facediff_ros.core.render.renderer import Lighting, Renderer
+from facediff_ros.core.render.renderer import Lighting, RenderBuffers, Renderer
 
 # Regions rendered: the default ones plus teeth and tongue, which show when the actor speaks.
 ACTOR_REGIONS = tuple(DEFAULT_REGIONS) + ("teeth", "gums_tongue")
@@ -253,10 +253,7 @@ class SyntheticActor:
         self._pivot = np.asarray(PIVOT_MODEL, np.float64)
         # The pivot sits where the neutral face's centre ends up at (0, 0, distance) for R = I.
         self._pivot_cam = np.array([0.0, 0.0, config.distance_m]) + (self._pivot - centre)
-        u, v = self.intrinsics.pixel_grid()
-        rays = np.stack([(u - self.intrinsics.cx) / self.intrinsics.fx,
-                         (v - self.intrinsics.cy) / self.intrinsics.fy, np.ones_like(u)], -1)  # (H, W, 3)
-        self._unit_rays = (rays / np.linalg.norm(rays, axis=-1, keepdims=True)).astype(np.float32)
+        self._unit_rays = unit_rays(self.intrinsics)
 
     # ---- the sequence ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -380,60 +377,101 @@ class SyntheticActor:
     # ---- background and sensor -------------------------------------------------------------------
     def _render_wall(self, rng):
         """The wall: a slightly turned textured plane, rendered once (the camera does not move)."""
-        c, K = self.config, self.intrinsics
-        z = c.background_distance_m
-        half_w = 1.5 * z * max(abs(K.cx + 0.5), abs(K.width - K.cx - 0.5)) / K.fx
-        half_h = 1.5 * z * max(abs(K.cy + 0.5), abs(K.height - K.cy - 0.5)) / K.fy
-        Rw = rotation_matrix((rng.uniform(-0.1, 0.1), rng.uniform(-0.2, 0.2), 0.0))
-        corners = np.array([[-half_w, -half_h, 0], [half_w, -half_h, 0], [half_w, half_h, 0],
-                            [-half_w, half_h, 0]])
-        verts = (corners @ Rw.T + [0, 0, z]).astype(np.float32)
-        tris = np.array([[0, 2, 1], [0, 3, 2]])  # front side towards the camera
-        uv = np.array([[0, 1], [1, 1], [1, 0], [0, 0]], np.float32)[tris]  # (2, 3, 2)
-        tex = srgb_to_linear(_wall_texture(rng, 256), np.float32)
-        return self.renderer.render(verts, tris, uv, tex, lighting=self.lighting, cull_backfaces=False)
+        return render_wall(self.renderer, self.config.background_distance_m, self.lighting, rng)
 
     def _sensor_color(self, linear: np.ndarray, rng) -> np.ndarray:
-        n = self.config.noise
-        img = linear_to_srgb_fast(np.clip(linear, 0, 1)) * 255.0  # (H, W, 3) float
-        if n.color_blur_px > 0:
-            img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), n.color_blur_px)
-        if n.color_read_sigma > 0 or n.color_shot > 0:
-            sigma = np.sqrt(n.color_read_sigma ** 2 + n.color_shot * img)
-            img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
-        return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+        return sensor_color(linear, self.config.noise, rng)
 
     def _sensor_depth(self, depth: np.ndarray, normals: np.ndarray, rng) -> np.ndarray:
-        n, K = self.config.noise, self.intrinsics
-        valid = depth > 0
-        z = depth.astype(np.float32).copy()
-        if n.flying_prob > 0:
-            zmax = cv2.dilate(np.where(valid, z, 0), np.ones((3, 3), np.uint8))
-            zmin = -cv2.dilate(np.where(valid, -z, -zmax), np.ones((3, 3), np.uint8))
-            edge = valid & (zmax - zmin > n.edge_jump_m) & (rng.random(z.shape) < n.flying_prob)
-            mix = rng.random(z.shape, dtype=np.float32)
-            z = np.where(edge, zmin + mix * (zmax - zmin), z)
-        if n.depth_sigma_at_1m > 0:
-            white = rng.standard_normal(z.shape, dtype=np.float32)
-            smooth = cv2.GaussianBlur(rng.standard_normal(z.shape, dtype=np.float32), (0, 0),
-                                      n.depth_smooth_px)
-            smooth /= max(float(smooth.std()), 1e-6)
-            f = n.depth_smooth_fraction
-            z = z + n.depth_sigma_at_1m * z * z * (np.sqrt(1 - f) * white + np.sqrt(f) * smooth)
-        drop = ~valid | (z < n.min_depth_m) | (z > n.max_depth_m)
-        if n.grazing_cos > 0:
-            drop |= np.abs(np.einsum("hwc,hwc->hw", normals, self._unit_rays)) < n.grazing_cos
-        if n.ir_baseline_m > 0:
-            drop |= _stereo_shadow(depth, K.fx * n.ir_baseline_m)
-        if n.holes_per_frame > 0:
-            holes = np.zeros(z.shape, np.uint8)
-            for _ in range(rng.poisson(n.holes_per_frame)):
-                centre = (int(rng.integers(K.width)), int(rng.integers(K.height)))
-                axes = tuple(int(round(rng.uniform(*n.hole_radius_px))) for _ in range(2))
-                cv2.ellipse(holes, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
-            drop |= holes > 0
-        mm = np.rint(np.where(drop, 0.0, z) / n.depth_unit_m)
-        return np.clip(mm, 0, 65535).astype(np.uint16)
+        return sensor_depth(depth, normals, self.intrinsics, self.config.noise, rng, self._unit_rays)
+
+
+# ---- the scene and the sensor as functions (the editor's training pairs use them too) ---------------
+def render_wall(renderer: Renderer, distance_m: float, lighting: Lighting, rng,
+                texture_size: int = 256) -> RenderBuffers:
+    """A slightly turned textured wall ``distance_m`` in front of the camera, filling 1.5x its view.
+
+    Draws from ``rng``: the wall's tilt (2 uniforms), then :func:`wall_texture`. Returns the
+    renderer's buffers (camera frame of ``renderer.intrinsics``, metres).
+    """
+    K = renderer.intrinsics
+    z = distance_m
+    half_w = 1.5 * z * max(abs(K.cx + 0.5), abs(K.width - K.cx - 0.5)) / K.fx
+    half_h = 1.5 * z * max(abs(K.cy + 0.5), abs(K.height - K.cy - 0.5)) / K.fy
+    Rw = rotation_matrix((rng.uniform(-0.1, 0.1), rng.uniform(-0.2, 0.2), 0.0))
+    corners = np.array([[-half_w, -half_h, 0], [half_w, -half_h, 0], [half_w, half_h, 0],
+                        [-half_w, half_h, 0]])
+    verts = (corners @ Rw.T + [0, 0, z]).astype(np.float32)
+    tris = np.array([[0, 2, 1], [0, 3, 2]])  # front side towards the camera
+    uv = np.array([[0, 1], [1, 1], [1, 0], [0, 0]], np.float32)[tris]  # (2, 3, 2)
+    tex = srgb_to_linear(wall_texture(rng, texture_size), np.float32)
+    return renderer.render(verts, tris, uv, tex, lighting=lighting, cull_backfaces=False)
+
+
+def unit_rays(K: Intrinsics) -> np.ndarray:
+    """(H, W, 3) float32 unit viewing rays of each pixel centre (camera frame)."""
+    u, v = K.pixel_grid()
+    rays = np.stack([(u - K.cx) / K.fx, (v - K.cy) / K.fy, np.ones_like(u)], -1)  # (H, W, 3)
+    return (rays / np.linalg.norm(rays, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def sensor_color(linear: np.ndarray, noise: SensorNoise, rng) -> np.ndarray:
+    """What the colour camera makes of linear light: (H, W, 3) in [0, 1] -> (H, W, 3) uint8 sRGB.
+
+    Lens blur (``noise.color_blur_px``, in this image's pixels), read + shot noise, 8-bit
+    quantisation; draws one (H, W, 3) normal field from ``rng`` when noise is on.
+    """
+    n = noise
+    img = linear_to_srgb_fast(np.clip(linear, 0, 1)) * 255.0  # (H, W, 3) float
+    if n.color_blur_px > 0:
+        img = cv2.GaussianBlur(img.astype(np.float32), (0, 0), n.color_blur_px)
+    if n.color_read_sigma > 0 or n.color_shot > 0:
+        sigma = np.sqrt(n.color_read_sigma ** 2 + n.color_shot * img)
+        img = img + sigma * rng.standard_normal(img.shape, dtype=np.float32)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def sensor_depth(depth: np.ndarray, normals: np.ndarray, K: Intrinsics, noise: SensorNoise, rng,
+                 rays: Optional[np.ndarray] = None) -> np.ndarray:
+    """What the depth camera makes of a clean z-depth image (metres, 0 = nothing): uint16 units.
+
+    Flying pixels, z^2 noise, range, grazing-angle dropout, the stereo shadow and dropout blobs of
+    :class:`SensorNoise` (its pixel sizes in pixels of ``K``); ``normals`` (H, W, 3) camera frame;
+    ``rays`` the :func:`unit_rays` of ``K`` when the caller keeps them. Returns (H, W) uint16 in
+    ``noise.depth_unit_m``, 0 = no depth.
+    """
+    n = noise
+    valid = depth > 0
+    z = depth.astype(np.float32).copy()
+    if n.flying_prob > 0:
+        zmax = cv2.dilate(np.where(valid, z, 0), np.ones((3, 3), np.uint8))
+        zmin = -cv2.dilate(np.where(valid, -z, -zmax), np.ones((3, 3), np.uint8))
+        edge = valid & (zmax - zmin > n.edge_jump_m) & (rng.random(z.shape) < n.flying_prob)
+        mix = rng.random(z.shape, dtype=np.float32)
+        z = np.where(edge, zmin + mix * (zmax - zmin), z)
+    if n.depth_sigma_at_1m > 0:
+        white = rng.standard_normal(z.shape, dtype=np.float32)
+        smooth = cv2.GaussianBlur(rng.standard_normal(z.shape, dtype=np.float32), (0, 0),
+                                  n.depth_smooth_px)
+        smooth /= max(float(smooth.std()), 1e-6)
+        f = n.depth_smooth_fraction
+        z = z + n.depth_sigma_at_1m * z * z * (np.sqrt(1 - f) * white + np.sqrt(f) * smooth)
+    drop = ~valid | (z < n.min_depth_m) | (z > n.max_depth_m)
+    if n.grazing_cos > 0:
+        if rays is None:
+            rays = unit_rays(K)
+        drop |= np.abs(np.einsum("hwc,hwc->hw", normals, rays)) < n.grazing_cos
+    if n.ir_baseline_m > 0:
+        drop |= _stereo_shadow(depth, K.fx * n.ir_baseline_m)
+    if n.holes_per_frame > 0:
+        holes = np.zeros(z.shape, np.uint8)
+        for _ in range(rng.poisson(n.holes_per_frame)):
+            centre = (int(rng.integers(K.width)), int(rng.integers(K.height)))
+            axes = tuple(int(round(rng.uniform(*n.hole_radius_px))) for _ in range(2))
+            cv2.ellipse(holes, centre, axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        drop |= holes > 0
+    mm = np.rint(np.where(drop, 0.0, z) / n.depth_unit_m)
+    return np.clip(mm, 0, 65535).astype(np.uint16)
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
@@ -482,7 +520,7 @@ def _stereo_shadow(depth: np.ndarray, f_baseline: float) -> np.ndarray:
     return shadow & (depth > 0)
 
 
-def _wall_texture(rng, size: int) -> np.ndarray:
+def wall_texture(rng, size: int) -> np.ndarray:
     """A plain painted wall with a few framed posters and some shading: (S, S, 3) sRGB in [0, 1]."""
     base = rng.uniform(0.45, 0.85) * (1 + rng.uniform(-0.08, 0.08, 3))
     low = cv2.resize(rng.standard_normal((6, 6)).astype(np.float32), (size, size),
