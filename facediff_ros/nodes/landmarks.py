@@ -298,7 +298,10 @@ class LandmarksNode(Node):
         self._diag_pub.publish(diag.array(self.get_clock().now().to_msg(), [self.diagnostic_status()]))
 
     def destroy_node(self):
-        self.face_mesh.close()
+        # Also called on a node whose constructor raised (rclpy.shutdown destroys every node
+        # the context tracks): face_mesh may not exist yet.
+        if getattr(self, "face_mesh", None) is not None:
+            self.face_mesh.close()
         return super().destroy_node()
 
 
