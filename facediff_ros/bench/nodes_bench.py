@@ -4,9 +4,9 @@
 
 capture  = source read (playback + ``rs.align`` + colour/depth conversion; the synthetic recordings'
            depth is registered to colour already, ``--force-align`` aligns anyway as a camera's
-           frames need) + building the four
-           messages (colour, depth, two CameraInfo) -- what the capture node does per frame
-           before ``publish``;
+           frames need) + building the messages (colour, depth, CameraInfo) with
+           ``adapters.camera_frames.frame_messages``, the function the capture node publishes
+           from -- what the capture node does per frame before ``publish``;
 landmarks = decoding those messages + MediaPipe face mesh (tracking mode) + depth lifting +
            building the FaceLandmarks message -- what the landmark node does per frame.
 
@@ -33,10 +33,8 @@ def _stats(ms: List[float]) -> Dict[str, float]:
 
 
 def run(recording: Optional[str], frames: int, force_align: bool = False) -> Dict[str, object]:
-    from std_msgs.msg import Header
-
-    from facediff_ros.adapters.images import (from_camera_info_msg, from_image_msg, to_camera_info_msg,
-                                              to_image_msg)
+    from facediff_ros.adapters.camera_frames import device_stamp, frame_messages
+    from facediff_ros.adapters.images import from_camera_info_msg, from_image_msg
     from facediff_ros.core import images
     from facediff_ros.core.capture import sources
     from facediff_ros.synthetic import actor_source
@@ -65,13 +63,9 @@ def run(recording: Optional[str], frames: int, force_align: bool = False) -> Dic
             t0 = time.perf_counter()
             frame = source.read()
             t1 = time.perf_counter()
-            header = Header(frame_id="camera_color_optical_frame")
-            cmsg = to_image_msg(frame.color, "rgb8", header)
-            dmsg = to_image_msg(frame.depth, "16UC1", header)
-            info = to_camera_info_msg(frame.intrinsics, header)
-            info2 = to_camera_info_msg(frame.intrinsics, header)
+            msgs = frame_messages(frame, device_stamp(frame), "camera_color_optical_frame", "16UC1")
             t2 = time.perf_counter()
-            del info2
+            cmsg, dmsg, info, header = msgs.color, msgs.depth, msgs.info, msgs.color.header
             if i > 0:
                 for k, dt in (("capture_read_align", t1 - t0), ("capture_build_msgs", t2 - t1),
                               ("capture_total", t2 - t0)):

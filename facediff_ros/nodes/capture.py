@@ -14,7 +14,11 @@ All four carry the same stamp and the frame id ``<camera_name>_color_optical_fra
 aligned depth is in the colour camera's geometry, as in realsense-ros). Frames are read on a
 thread of their own; a failing source (camera unplugged, USB error, missing file) is logged
 (rate-limited), counted and re-opened with exponential back-off while the node stays up; a
-recording that ends without ``loop`` leaves the node up in state ``ended``.
+recording that ends without ``loop`` leaves the node up in state ``ended``. Opening a source runs
+on a thread of its own under a ``timeout_s`` deadline: the state is ``opening`` meanwhile, and an
+open that overruns is reported ``stalled`` (counted ``error_open_timeout``), abandoned (closed
+when it returns) and retried. A parameter change re-opens the source only when the parameter
+applies to the current kind of source (:func:`source_fields`).
 """
 
 from __future__ import annotations
@@ -26,14 +30,12 @@ from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
-from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Header
 
 from facediff_ros.adapters import topics
-from facediff_ros.adapters.images import to_camera_info_msg, to_image_msg
-from facediff_ros.core import images
+from facediff_ros.adapters.camera_frames import device_stamp, frame_messages
 from facediff_ros.core.capture import sources
+from facediff_ros.core.capture.frames import DEPTH_ENCODINGS
 from facediff_ros.nodes import diagnostics as diag
 from facediff_ros.nodes.parameters import QOS_CHOICES, QOS_HELP, NodeParameters, param, qos_profile
 from facediff_ros.nodes.spin import run
@@ -41,7 +43,10 @@ from facediff_ros.nodes.spin import run
 # The embedded sample recording (synthetic actor with ground truth beside it).
 SAMPLE_RECORDING = Path(__file__).resolve().parents[1] / "data" / "sample.db3"
 SOURCES = ("recording", "realsense", "synthetic")
-STATES = ("starting", "streaming", "retrying", "ended")
+STATES = ("starting", "opening", "streaming", "stalled", "retrying", "ended")
+# Opens abandoned after their deadline that may still be running; no new open starts while this
+# many are (a source whose open blocks for ever must not pile up threads).
+MAX_STUCK_OPENS = 2
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ class CaptureParams:
     depth_encoding: str = field(default="16UC1", metadata=param(
         "aligned depth encoding: 16UC1 (uint16 millimetres, 0 = no data) or 32FC1 (float metres, "
         "NaN = no data)",
-        choices=("16UC1", "32FC1")))
+        choices=DEPTH_ENCODINGS))
     stamp_source: str = field(default="ros", metadata=param(
         "header stamps: 'ros' (node clock when the frame is read) or 'device' (the camera's or "
         "recording's own frame timestamp)", choices=("ros", "device")))
@@ -102,11 +107,35 @@ class CaptureParams:
         topics.camera_topics(self.camera_namespace, self.camera_name)  # raises ValueError with the reason
 
 
-# Changing these needs the source re-opened; the others apply to the next frame.
-_SOURCE_FIELDS = ("source", "recording_path", "loop", "realtime", "serial_number", "color_width",
-                  "color_height", "color_fps", "depth_width", "depth_height", "depth_fps",
-                  "synthetic_frames", "synthetic_seed", "timeout_s")
+# The parameters each kind of source is built from: changing one of these re-opens the source;
+# the others apply to the next frame (or, for another kind of source, to nothing).
+_SOURCE_FIELDS = {
+    "realsense": ("serial_number", "color_width", "color_height", "color_fps", "depth_width",
+                  "depth_height", "depth_fps", "timeout_s"),
+    "recording": ("recording_path", "loop", "realtime", "timeout_s"),
+    "synthetic": ("synthetic_frames", "synthetic_seed", "loop", "realtime"),
+}
 _PUBLISHER_FIELDS = ("camera_namespace", "camera_name", "color_qos", "depth_qos", "info_qos")
+
+
+def source_kind(p: CaptureParams) -> str:
+    """The kind of source :func:`make_source` builds for ``p`` (the default recording falls back
+    to 'synthetic' when the embedded sample is not installed)."""
+    if p.source == "recording" and not p.recording_path and not SAMPLE_RECORDING.is_file():
+        return "synthetic"
+    return p.source
+
+
+def source_fields(p: CaptureParams):
+    """The parameters whose change re-opens the source ``p`` describes ('source' included)."""
+    return ("source",) + _SOURCE_FIELDS[source_kind(p)]
+
+
+def needs_reopen(old: CaptureParams, new: CaptureParams) -> bool:
+    """True when going from ``old`` to ``new`` changes what the current source is built from."""
+    if source_kind(old) != source_kind(new):
+        return True
+    return any(getattr(old, k) != getattr(new, k) for k in source_fields(new))
 
 
 def make_source(p: CaptureParams):
@@ -139,6 +168,9 @@ class CaptureNode(Node):
         self._lock = threading.Lock()
         self._reopen = threading.Event()
         self._stop = threading.Event()
+        self._open_lock = threading.Lock()
+        self._stuck_opens = 0  # abandoned opens still running (see _open)
+        self._open_started = 0.0  # monotonic time the current open began
         self.params = NodeParameters(self, CaptureParams, on_change=self._on_params_changed,
                                      check=self._check_topics)
         self.counters = diag.Counters()
@@ -180,7 +212,7 @@ class CaptureNode(Node):
     def _on_params_changed(self, old: CaptureParams, new: CaptureParams) -> None:
         if any(getattr(old, k) != getattr(new, k) for k in _PUBLISHER_FIELDS):
             self._make_publishers(new)
-        if any(getattr(old, k) != getattr(new, k) for k in _SOURCE_FIELDS):
+        if needs_reopen(old, new):
             self._reopen.set()
         if old.diagnostics_period_s != new.diagnostics_period_s:
             self.destroy_timer(self._diag_timer)
@@ -191,6 +223,53 @@ class CaptureNode(Node):
         self.counters.add(f"error_{reason}")
         self.last_error = message
         self.log_limited(reason, f"capture: {message}", "error" if reason != "ended" else "warning")
+
+    def _open(self, source, timeout_s: float) -> bool:
+        """Open ``source`` on a thread of its own; True once it opened within ``timeout_s``.
+
+        State ``opening`` meanwhile. An open still running at the deadline (or at shutdown) is
+        abandoned and False returned: its thread closes the source when open() returns, since
+        nobody will read it, and counts as stuck until then.
+
+        :raises Exception: what ``open()`` raised within the deadline.
+        """
+        done = threading.Event()
+        outcome = {}  # "error": what open raised (None: opened); "abandoned": the caller gave up
+
+        def target():
+            error = None
+            try:
+                source.open()
+            except BaseException as exc:  # noqa: BLE001 - handed over to the reader thread
+                error = exc
+            with self._open_lock:
+                outcome["error"] = error
+                abandoned = outcome.get("abandoned", False)
+                if abandoned:
+                    self._stuck_opens -= 1
+            done.set()
+            if abandoned and error is None:
+                try:
+                    source.close()
+                except Exception:  # noqa: BLE001 - a source nobody reads; nothing else to do
+                    pass
+
+        self.state = "opening"
+        self._open_started = time.monotonic()
+        threading.Thread(target=target, name="capture-open", daemon=True).start()
+        deadline = self._open_started + timeout_s
+        # Short slices: shutdown must not wait for a blocked open.
+        while not done.wait(min(0.05, max(deadline - time.monotonic(), 0.0))):
+            if time.monotonic() >= deadline or self._stop.is_set():
+                with self._open_lock:
+                    if "error" not in outcome:
+                        outcome["abandoned"] = True
+                        self._stuck_opens += 1
+                        return False
+                break  # it finished meanwhile
+        if outcome["error"] is not None:
+            raise outcome["error"]
+        return True
 
     def _run(self) -> None:
         source = None
@@ -203,19 +282,38 @@ class CaptureNode(Node):
                     source.close()
                 source, backoff = None, p.retry_initial_s
             if source is None:
+                with self._open_lock:
+                    stuck = self._stuck_opens
+                if stuck >= MAX_STUCK_OPENS:
+                    # Earlier opens are still blocked: another one would only add a thread.
+                    self.counters.add("open_skipped_stuck")
+                    self.state = "stalled"
+                    self._reopen.wait(backoff)
+                    backoff = min(2 * backoff, p.retry_max_s)
+                    continue
                 try:
                     source, note = make_source(p)
                     self.source_note = note
                     if note:
                         self.log_limited("source_note", f"capture: {note}")
                     self.source_description = getattr(source, "describe", lambda: type(source).__name__)()
-                    source.open()
+                    opened = self._open(source, p.timeout_s)
                 except Exception as exc:  # noqa: BLE001 - librealsense raises plain RuntimeErrors too
                     reason = exc.reason if isinstance(exc, sources.SourceError) else "internal"
                     self._fail(reason, f"{exc}" if reason != "internal"
                                else f"unexpected {type(exc).__name__} opening the source: {exc}")
                     source = None
                     self.state = "retrying"
+                    self._reopen.wait(backoff)
+                    backoff = min(2 * backoff, p.retry_max_s)
+                    continue
+                if not opened:
+                    source = None
+                    if self._stop.is_set():
+                        break
+                    self._fail("open_timeout", f"opening {self.source_description} did not finish within "
+                                               f"{p.timeout_s:.1f} s: abandoned, retrying in {backoff:.1f} s")
+                    self.state = "stalled"
                     self._reopen.wait(backoff)
                     backoff = min(2 * backoff, p.retry_max_s)
                     continue
@@ -258,32 +356,22 @@ class CaptureNode(Node):
             source.close()
 
     def publish_frame(self, frame: sources.CapturedFrame) -> None:
-        """Publish one frame on the four image topics with one stamp and frame id."""
+        """Publish one frame on the four image topics with one stamp and frame id.
+
+        :raises ValueError: a frame whose sizes disagree or whose device stamp is unusable.
+        """
         p = self.params.config
         t0 = time.perf_counter()
-        if frame.color.shape[:2] != frame.intrinsics.shape or frame.depth.shape != frame.intrinsics.shape:
-            raise ValueError(f"colour {frame.color.shape[:2]} / depth {frame.depth.shape} do not match the "
-                             f"intrinsics' {frame.intrinsics.shape}")
-        if p.stamp_source == "device":
-            sec = int(frame.stamp)
-            stamp = Time(seconds=sec, nanoseconds=int(round((frame.stamp - sec) * 1e9))).to_msg()
-        else:
-            stamp = self.get_clock().now().to_msg()
+        stamp = device_stamp(frame) if p.stamp_source == "device" else self.get_clock().now().to_msg()
         # Under the lock from the frame id to the last publish: a camera_name change between them
         # would put the old frame id on the new topics.
         with self._lock:
-            header = Header(stamp=stamp, frame_id=self.frame_id)
-            if p.depth_encoding == "32FC1":
-                depth_msg = to_image_msg(images.depth_mm_to_m(frame.depth), "32FC1", header)
-            else:
-                depth_msg = to_image_msg(frame.depth, "16UC1", header)
-            color_msg = to_image_msg(frame.color, "rgb8", header)
-            info = to_camera_info_msg(frame.intrinsics, header)
+            msgs = frame_messages(frame, stamp, self.frame_id, p.depth_encoding)
             t1 = time.perf_counter()
-            self._pubs["color"].publish(color_msg)
-            self._pubs["depth"].publish(depth_msg)
-            self._pubs["color_info"].publish(info)
-            self._pubs["depth_info"].publish(info)
+            self._pubs["color"].publish(msgs.color)
+            self._pubs["depth"].publish(msgs.depth)
+            self._pubs["color_info"].publish(msgs.info)
+            self._pubs["depth_info"].publish(msgs.info)
         self.times.add("build", t1 - t0)
         self.times.add("publish", time.perf_counter() - t1)
         self.counters.add("frames")
@@ -292,18 +380,25 @@ class CaptureNode(Node):
     # ---- diagnostics ---------------------------------------------------------------------------
     def diagnostic_status(self):
         """Level and message from the state: streaming (OK, or WARN with no frame lately),
-        retrying (ERROR), ended (WARN), starting (WARN)."""
+        opening (WARN), stalled (ERROR: an open overran timeout_s), retrying (ERROR), ended
+        (WARN), starting (WARN)."""
         rate = self.rate.rate()
         if self.state == "streaming":
             level, msg = (diag.OK, f"streaming at {rate:.1f} Hz") if rate > 0 else \
                 (diag.WARN, "streaming, but no frame in the last 2 s")
+        elif self.state == "opening":
+            elapsed = time.monotonic() - self._open_started
+            level, msg = diag.WARN, f"opening the source ({elapsed:.1f} s so far)"
+        elif self.state == "stalled":
+            level, msg = diag.ERROR, f"opening the source stalled: {self.last_error}"
         elif self.state == "retrying":
             level, msg = diag.ERROR, f"source failed, retrying: {self.last_error}"
         elif self.state == "ended":
             level, msg = diag.WARN, "recording ended (loop is off)"
         else:
             level, msg = diag.WARN, "starting"
-        values = {"state": self.state, "source": self.source_description, "rate_hz": rate}
+        values = {"state": self.state, "source": self.source_description, "rate_hz": rate,
+                  "opens_stuck": self._stuck_opens}
         if self.source_note:
             values["note"] = self.source_note
         values.update(self.counters.snapshot())
@@ -315,10 +410,15 @@ class CaptureNode(Node):
         self._diag_pub.publish(diag.array(self.get_clock().now().to_msg(), [self.diagnostic_status()]))
 
     def destroy_node(self):
-        self._stop.set()
-        self._reopen.set()
-        # A read blocks at most timeout_s (then the loop sees _stop): wait a little longer.
-        self._thread.join(timeout=self.params.config.timeout_s + 2.0)
+        # Also called on a node whose constructor raised (rclpy.shutdown destroys every node the
+        # context tracks): stop only what was started.
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            self._stop.set()
+            self._reopen.set()
+            # A read blocks at most timeout_s (then the loop sees _stop), an open is abandoned
+            # within 0.05 s: wait a little longer than a read.
+            thread.join(timeout=self.params.config.timeout_s + 2.0)
         return super().destroy_node()
 
 
