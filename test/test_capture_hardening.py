@@ -357,3 +357,20 @@ def test_frame_messages_refuse_mismatched_sizes_and_bad_stamps():
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="stamp"):
             split_stamp(bad)
+
+
+def test_bad_camera_names_leave_config_publishers_and_frame_id_unchanged_in_process(context, monkeypatch):
+    node = _capture(context, monkeypatch, _EndlessSource())
+    try:
+        before = sorted(p.topic_name for p in node._pubs.values())
+        for bad in BAD_NAMES + ["c" * 205]:  # 205: one past the longest name that fits (test_topics)
+            res = node.set_parameters([Parameter("camera_name", value=bad)])[0]
+            assert not res.successful and res.reason, bad
+            assert node.params.config.camera_name == "camera" == node.get_parameter("camera_name").value
+            assert node.frame_id == "camera_color_optical_frame"
+            assert sorted(p.topic_name for p in node._pubs.values()) == before
+        assert node.set_parameters([Parameter("camera_name", value="c" * 204)])[0].successful
+        longest = f"/camera/{'c' * 204}/aligned_depth_to_color/camera_info"
+        assert node._pubs["depth_info"].topic_name == longest and len(longest) == 255 - 8
+    finally:
+        node.destroy_node()
