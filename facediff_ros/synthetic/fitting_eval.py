@@ -88,7 +88,8 @@ def run_mode(tracker: FaceTracker, frames: Sequence[Dict], mode: str, model: Mor
         points = fr["points"] if mode in ("depth", "landmarks_3d") else None
         depth = fr["depth"] if mode == "depth" else None
         t0 = time.perf_counter()
-        r = tracker.update(fr["intrinsics"], fr["uv"], points, fr["valid"] if points is not None else None, depth)
+        valid = fr["valid"] if points is not None else None
+        r = tracker.update(fr["intrinsics"], fr["uv"], points, valid, depth)
         ms = 1e3 * (time.perf_counter() - t0)
         if not r.ok:
             lost += 1
@@ -107,9 +108,11 @@ def run_mode(tracker: FaceTracker, frames: Sequence[Dict], mode: str, model: Mor
                          rotation_deg=float(np.degrees(np.linalg.norm(rotation_log(r.R @ fr["R"].T)))),
                          translation_mm=1e3 * float(np.linalg.norm(r.t - fr["t"])),
                          ms=ms, terms=",".join(r.terms_used)))
-    out: Dict = {"frames": len(frames), "frames_scored": len(rows), "lock_frame": lock_frame, "lost_frames": lost}
+    out: Dict = {"frames": len(frames), "frames_scored": len(rows), "lock_frame": lock_frame,
+                 "lost_frames": lost}
     if rows:
-        for key in ("vertex_error_mm", "vertex_error_face_mm", "expression_mae", "rotation_deg", "translation_mm"):
+        for key in ("vertex_error_mm", "vertex_error_face_mm", "expression_mae", "rotation_deg",
+                    "translation_mm"):
             out[key] = float(np.mean([r[key] for r in rows]))
         ms = np.array([r["ms"] for r in rows])
         out["ms_per_frame"] = float(np.median(ms))
@@ -135,10 +138,12 @@ def evaluate(seeds: Sequence[int] = (101, 102, 103), frames: int = 60, modes: Se
             res["seed"] = int(seed)
             per_seq[mode].append(res)
             print(f"seed {seed} {mode:13s} " + " ".join(
-                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items() if k != "seed"),
+                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in res.items() if k != "seed"),
                 file=sys.stderr, flush=True)
     summary: Dict = {"seeds": list(map(int, seeds)), "frames": int(frames), "landmarks": landmarks,
-                     "resolution": "640x480", "noise": "SensorNoise() defaults", "targets": TARGETS, "modes": {}}
+                     "resolution": "640x480", "noise": "SensorNoise() defaults", "targets": TARGETS,
+                     "modes": {}}
     for mode in modes:
         scored = [r for r in per_seq[mode] if r["frames_scored"]]
         m: Dict = {"sequences": per_seq[mode]}

@@ -24,10 +24,10 @@ Terms (each residual in units of its noise, so that weights are inverse variance
 - **2D reprojection**: ``sqrt(w_l) (pi(x_l) - uv_l) / sigma_px``; it carries the fit where depth is
   missing (holes, colour-only input).
 - **Dense depth**: point-to-plane ``n . (x_d - q_d) / sigma_depth`` for a fixed subsample of the
-  face region's vertices; ``q_d`` is where the vertex's camera ray meets the measured depth at the
-  pixel it projects to (projective association, re-done at every iteration), ``n`` the model's
-  outward vertex normal. Vertices facing away, off the image, on depth holes or further than a
-  gate from the measured surface (occlusion, background) are left out.
+  face region's vertices; ``q_d`` is the measured 3D point of the pixel the vertex projects to
+  (projective association, re-done at every iteration), ``n`` the model's outward vertex normal.
+  Vertices facing away, off the image, on depth holes or further than a gate from the measured
+  surface (occlusion, background) are left out.
 
 Every data term is robust (Huber with threshold ``huber`` in units of sigma). Priors and temporal
 terms are added by the solver (:mod:`.solver`).
@@ -111,7 +111,7 @@ class FaceBasis:
             raise ValueError(f"num_dense must be >= 0, got {num_dense}")
         self.model = model
         self.num_identity = K = int(num_identity)
-        self.num_expression = E = model.num_expression
+        self.num_expression = model.num_expression
         self.landmark_weight = np.asarray(correspondence.weight, np.float64)
         self.landmark_stable = np.asarray(correspondence.stable, bool)
 
@@ -150,7 +150,7 @@ class FaceBasis:
             v = int(self.dense_vertex_ids[i])
             nb = np.array(sorted(nb)) if nb else np.array([v])
             d = model.neutral[nb].astype(np.float64) - model.neutral[v]  # (N, 3)
-            _, _, vt = np.linalg.svd(d - d.mean(0), full_matrices=False) if len(nb) >= 2 else (0, 0, np.eye(3))
+            vt = np.linalg.svd(d - d.mean(0), full_matrices=False)[2] if len(nb) >= 2 else np.eye(3)
             p1, p2 = d @ vt[0], d @ vt[1]
             a_, b_, c_, d_ = nb[np.argmax(p1)], nb[np.argmin(p1)], nb[np.argmax(p2)], nb[np.argmin(p2)]
             e1 = model.neutral[a_].astype(np.float64) - model.neutral[b_]
@@ -162,16 +162,18 @@ class FaceBasis:
             if np.dot(np.cross(e1, e2), ref) < 0:
                 c_, d_ = d_, c_
             ends[i] = (a_, b_, c_, d_)
-            cos = abs(np.dot(np.cross(e1, e2), ref)) / max(np.linalg.norm(np.cross(e1, e2)) * np.linalg.norm(ref),
-                                                           1e-18)
+            n12 = np.cross(e1, e2)
+            cos = abs(np.dot(n12, ref)) / max(np.linalg.norm(n12) * np.linalg.norm(ref), 1e-18)
             keep[i] = cos > np.cos(np.radians(20.0))
         # Drop the few vertices whose cross edges do not give their normal (creases, seams:
         # 2 of 800 on the mean face are > 20 deg off).
         self.dense_vertex_ids, ends = self.dense_vertex_ids[keep], ends[keep]
         self.dense = linear(self.dense_vertex_ids)
         pa, pb, pc, pd = (linear(ends[:, k]) for k in range(4))
-        self._edge1 = LinearPoints(pa.mean - pb.mean, pa.identity - pb.identity, pa.expression - pb.expression)
-        self._edge2 = LinearPoints(pc.mean - pd.mean, pc.identity - pd.identity, pc.expression - pd.expression)
+        self._edge1 = LinearPoints(pa.mean - pb.mean, pa.identity - pb.identity,
+                                   pa.expression - pb.expression)
+        self._edge2 = LinearPoints(pc.mean - pd.mean, pc.identity - pd.identity,
+                                   pc.expression - pd.expression)
         self._alpha_key: Optional[bytes] = None
 
     @property
@@ -239,7 +241,8 @@ class TermWeights:
             if not np.isfinite(v) or v <= 0:
                 raise ValueError(f"TermWeights.{name} must be > 0, got {v}")
         if not 0 <= self.min_facing_cos < 1 or not 0 <= self.min_landmark_weight <= 1:
-            raise ValueError("TermWeights: min_facing_cos must be in [0, 1) and min_landmark_weight in [0, 1]")
+            raise ValueError("TermWeights: min_facing_cos must be in [0, 1) and min_landmark_weight "
+                             "in [0, 1]")
 
 
 @dataclass
@@ -329,7 +332,8 @@ def _fill_rows(J: np.ndarray, row0: int, G: np.ndarray, y: np.ndarray, R: np.nda
     Jv[:, :, 3:6] = G
     M = (G.reshape(-1, 3) @ R).reshape(P, r, 3).astype(np.float32)  # (P, r, 3) model-frame rows
     B = lin.expression[:, idx]  # (3, P, E)
-    Jv[:, :, 6:6 + E] = M[:, :, 0:1] * B[0][:, None] + M[:, :, 1:2] * B[1][:, None] + M[:, :, 2:3] * B[2][:, None]
+    Jv[:, :, 6:6 + E] = (M[:, :, 0:1] * B[0][:, None] + M[:, :, 1:2] * B[1][:, None]
+                         + M[:, :, 2:3] * B[2][:, None])
     if with_identity:
         A = lin.identity[:, idx]  # (3, P, K)
         Jv[:, :, 6 + E:] = (M[:, :, 0:1] * A[0][:, None] + M[:, :, 1:2] * A[1][:, None]
@@ -418,8 +422,10 @@ def linearize(basis: FaceBasis, obs: Observation, R: np.ndarray, t: np.ndarray, 
         idx, zm = idx[good], zm[good]
         if len(idx):
             xd, nd = x[idx], nrm[idx]
-            # Where the vertex's ray meets the measured depth: x * zm / z.
-            e = (xd * nd).sum(1) * (1.0 - zm / xd[:, 2])  # (Dv,) metres, n . (x - q)
+            # The measured point of the pixel the vertex projects to (its centre, fixed while x
+            # moves within the pixel: the Jacobian n is then exact).
+            q = np.stack([(u[idx] - Kc.cx) / Kc.fx * zm, (v[idx] - Kc.cy) / Kc.fy * zm, zm], 1)  # (Dv, 3)
+            e = ((xd - q) * nd).sum(1)  # (Dv,) metres, point-to-plane
             rho, irls = _huber(e / tw.depth_sigma_m, tw.huber)
             cost += 0.5 * float(rho.sum())
             stats["n_depth"] = int(len(idx))

@@ -49,7 +49,8 @@ class PriorWeights:
         for name in ("identity", "expression_l2", "expression_l1"):
             if not np.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"PriorWeights.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("temporal_expression_sigma", "temporal_rotation_sigma_rad", "temporal_translation_sigma_m"):
+        for name in ("temporal_expression_sigma", "temporal_rotation_sigma_rad",
+                     "temporal_translation_sigma_m"):
             if not np.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 raise ValueError(f"PriorWeights.{name} must be > 0, got {getattr(self, name)}")
 
