@@ -391,7 +391,7 @@ def write_cache(out_dir, num_pairs: int, config: Optional[PairConfig] = None, sh
         arrays = stack_pairs(pairs)
         arrays["index"] = np.arange(first, last, dtype=np.int64)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
+        np.savez_compressed(tmp, **arrays)  # ~57 KB a pair instead of 144: a 10k-pair cache is 0.6 GB
         os.replace(tmp, path)
     if log is not None:
         log(f"\n{num_pairs} pairs in {folder} ({made} made now, {_hms(time.perf_counter() - t0)})\n")
