@@ -1,7 +1,8 @@
 """The editor's working space: a square, axis-aligned face crop that maps exactly to the image.
 
 A :class:`FaceCrop` is fixed by the face centre in the camera frame (REP-103 optical: x right, y
-down, z forward, metres) and the image's :class:`~facediff_ros.core.camera.Intrinsics`. Its
+down, z forward, metres; the editor uses the centroid of the fitted mesh's 68 landmark vertices,
+between the eyes and the mouth) and the image's :class:`~facediff_ros.core.camera.Intrinsics`. Its
 ``size_px`` x ``size_px`` pixels cover a square of ``extent_m`` metres at the centre's depth, so a
 face is the same size in the crop at any distance. Pixel centres follow the OpenCV convention of
 :mod:`facediff_ros.core.camera` in both images (centres at integers), and crop pixel (x, y) sits
