@@ -6,7 +6,6 @@ import pytest
 
 from facediff_ros.core.camera import Intrinsics
 from facediff_ros.core.editor.crop import CropConfig, FaceCrop
-from facediff_ros.core.face.morphable_model import AXES
 from facediff_ros.core.render.renderer import Renderer
 from facediff_ros.core.render.textures import atlas_triangles, procedural_texture, TextureParams
 
@@ -25,7 +24,7 @@ def head(model):
     tex = procedural_texture(model, params=TextureParams(seed=1), size=256)
     v = model.vertices()
     centre = v[model.landmarks68].mean(0)
-    vc = ((v - centre) @ AXES.T + np.array([0.02, -0.01, 0.6], np.float32)).astype(np.float32)
+    vc = (v - centre + np.array([0.02, -0.01, 0.6], np.float32)).astype(np.float32)  # model frame faces -z
     full = Renderer(K).render(vc, tris, uvs, tex)
     return vc, tris, uvs, tex, full, vc[model.landmarks68].mean(0)
 
