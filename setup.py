@@ -21,6 +21,7 @@ setup(
             "facediff = facediff_ros.cli:main",
             "facediff-capture = facediff_ros.nodes.capture:main",
             "facediff-landmarks = facediff_ros.nodes.landmarks:main",
+            "facediff-fitting = facediff_ros.nodes.fitting:main",
         ],
     },
 )

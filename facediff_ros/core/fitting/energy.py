@@ -253,8 +253,11 @@ class Observation:
         uv: (478, 2) float64 landmark pixels; rows that are not finite are missing.
         points: (478, 3) float64 lifted landmarks in metres, or None (no 3D landmarks).
         valid3d: (478,) bool: rows of ``points`` that carry a measurement.
-        depth: (H, W) float32 depth in metres aligned to the colour image (0 / NaN = none), or None.
+        depth: (H, W) depth aligned to the colour image in ``depth_scale`` metres per unit
+            (float metres with scale 1, or uint16 millimetres with 0.001; 0 / NaN = none), or None.
+            Only the pixels the dense samples fall on are read and scaled.
         intrinsics: the colour camera.
+        depth_scale: metres per depth unit.
     """
 
     uv: np.ndarray
@@ -262,6 +265,7 @@ class Observation:
     valid3d: np.ndarray
     depth: Optional[np.ndarray]
     intrinsics: Intrinsics
+    depth_scale: float = 1.0
     # Derived: which landmarks enter which term (set by :func:`select_landmarks`).
     idx2d: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     idx3d: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
@@ -415,7 +419,7 @@ def linearize(basis: FaceBasis, obs: Observation, R: np.ndarray, t: np.ndarray, 
         facing = (nrm * x).sum(1) / np.maximum(np.linalg.norm(x, axis=1), 1e-9)  # cos; < 0 faces us
         ok = (z > 1e-3) & (u >= 0) & (u < W_img) & (v >= 0) & (v < H_img) & (facing < -tw.min_facing_cos)
         idx = np.flatnonzero(ok)
-        zm = obs.depth[v[idx].astype(np.int64), u[idx].astype(np.int64)].astype(np.float64)
+        zm = obs.depth[v[idx].astype(np.int64), u[idx].astype(np.int64)].astype(np.float64) * obs.depth_scale
         gate = tw.depth_gate_m if depth_gate_m is None else depth_gate_m
         with np.errstate(invalid="ignore"):
             good = np.isfinite(zm) & (zm > 0) & (np.abs(zm - z[idx]) < gate)

@@ -224,19 +224,19 @@ class FaceTracker:
         if not isinstance(intrinsics, Intrinsics):
             raise ValueError(f"intrinsics must be an Intrinsics, got {type(intrinsics).__name__}")
         uv, pts, val = check_landmarks(uv, points, valid)
-        dm = None
+        d, scale = None, 1.0
         if depth is not None:
             d = np.asarray(depth)
             if d.shape != intrinsics.shape:
                 raise ValueError(f"depth must have shape {intrinsics.shape} (height, width), got {d.shape}")
             if np.issubdtype(d.dtype, np.integer):
-                dm = d.astype(np.float32) * np.float32(depth_scale)
-            elif np.issubdtype(d.dtype, np.floating):
-                dm = d
-            else:
+                scale = float(depth_scale)  # kept in its units: only the sampled pixels are scaled
+                if not np.isfinite(scale) or scale <= 0:
+                    raise ValueError(f"depth_scale must be > 0 m per unit, got {depth_scale}")
+            elif not np.issubdtype(d.dtype, np.floating):
                 raise ValueError(f"depth must be float metres or integer units, got dtype {d.dtype}")
         tw = self.config.terms
-        obs = select_landmarks(Observation(uv, pts, val, dm, intrinsics), self.basis.landmark_weight,
+        obs = select_landmarks(Observation(uv, pts, val, d, intrinsics, scale), self.basis.landmark_weight,
                                tw.min_landmark_weight,
                                self.basis.landmark_stable if tw.stable_3d_only else None)
         return self._fit(obs, t0)

@@ -1,0 +1,170 @@
+"""FaceModel adapter round trip and the fitting node in-process: fits published, bad input counted."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from std_msgs.msg import Header  # noqa: E402
+
+from facediff_ros.adapters import face_model as fm  # noqa: E402
+from facediff_ros.adapters import landmarks as landmarks_adapter  # noqa: E402
+from facediff_ros.adapters.images import to_camera_info_msg, to_image_msg  # noqa: E402
+from facediff_ros.core.face.correspondence import Correspondence  # noqa: E402
+from facediff_ros.core.face.morphable_model import rotation_matrix  # noqa: E402
+from facediff_ros.core.fitting.tracker import FitResult  # noqa: E402
+from facediff_ros.core.landmarks.face_mesh import landmarks_bbox  # noqa: E402
+from facediff_ros.core.landmarks.lifting import lift_landmarks  # noqa: E402
+from facediff_ros.core.landmarks.pipeline import Landmarks  # noqa: E402
+from facediff_ros.synthetic.actor import ActorConfig, SyntheticActor  # noqa: E402
+
+
+def _header(sec=1, frame="camera_color_optical_frame"):
+    h = Header(frame_id=frame)
+    h.stamp.sec = sec
+    return h
+
+
+# ---- adapter -------------------------------------------------------------------------------------
+def test_quaternion_round_trip():
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        R = rotation_matrix(rng.normal(0, 1.5, 3))
+        q = fm.quaternion_from_matrix(R)
+        assert abs(np.linalg.norm(q) - 1) < 1e-12 and q[3] >= 0
+        assert np.allclose(fm.matrix_from_quaternion(q), R, atol=1e-12)
+    # 180 degrees about x: trace -1, the branch without w.
+    assert np.allclose(fm.quaternion_from_matrix(np.diag([1.0, -1.0, -1.0])), [1, 0, 0, 0])
+    with pytest.raises(ValueError):
+        fm.matrix_from_quaternion((0, 0, 0, 0))
+
+
+def test_face_model_round_trip(model):
+    rng = np.random.default_rng(1)
+    R = rotation_matrix([0.1, -0.3, 0.05])
+    r = FitResult(True, "tracking", "", rng.normal(0, 1, 40).astype(np.float32),
+                  rng.uniform(0, 1, 53).astype(np.float32), R, np.array([0.01, -0.02, 0.6]), 0.0012, 0.93,
+                  True, ("landmarks_3d", "landmarks_2d", "depth"))
+    msg = fm.to_msg(r, _header(5), model.expression_names)
+    assert msg.header.stamp.sec == 5 and msg.header.frame_id == "camera_color_optical_frame"
+    assert msg.model_id == fm.MODEL_ID and len(msg.model_version) == 40
+    assert list(msg.expression_names) == model.expression_names
+    back = fm.from_msg(msg)
+    assert np.array_equal(back.identity, r.identity) and np.array_equal(back.expression, r.expression)
+    assert np.allclose(back.R, R, atol=1e-7) and np.allclose(back.t, r.t)
+    assert back.quality == pytest.approx(0.93) and back.residual_rms == pytest.approx(0.0012)
+    assert back.identity_locked and back.status == "tracking"
+    # The model's vertices through the message match the original's.
+    assert np.abs(back.vertices(model) - r.vertices(model)).max() < 1e-6
+    with pytest.raises(ValueError):
+        fm.to_msg(r, _header(), model.expression_names[:10])
+    msg.expression_names = msg.expression_names[:5]
+    with pytest.raises(ValueError):
+        fm.from_msg(msg)
+
+
+def test_mesh_marker_is_a_triangle_list(model):
+    tris, _, _ = model.triangles(("narrow_face",))
+    v = model.vertices() + [0, 0, 0.6]
+    m = fm.mesh_marker(v, tris, _header(2))
+    assert m.type == m.TRIANGLE_LIST and len(m.points) == 3 * len(tris)
+    p = m.points[3 * 7 + 1]
+    assert np.allclose([p.x, p.y, p.z], v[tris[7, 1]])
+    assert m.header.stamp.sec == 2 and m.color.a == 1.0
+
+
+# ---- node ----------------------------------------------------------------------------------------
+@pytest.fixture
+def context():
+    from facediff_ros.adapters.dds import configure_environment
+    configure_environment()
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    ctx.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def actor_frames(model):
+    """Synthetic frames as the landmark node would publish them (table landmarks, lifted depth)."""
+    corr = Correspondence.load()
+    actor = SyntheticActor(ActorConfig(seed=301, num_frames=26, keep_vertices=True), model)
+    out = []
+    for i in range(len(actor)):
+        f = actor.frame(i)
+        uv = f.intrinsics.project(corr.points(f.vertices)).astype(np.float32)
+        pts, valid = lift_landmarks(uv, f.depth.astype(np.float32) * 0.001, f.intrinsics)
+        lm = Landmarks(uv=uv, points=pts, valid=valid, presence=1.0,
+                       bbox=landmarks_bbox(uv, f.intrinsics.width, f.intrinsics.height),
+                       image_width=f.intrinsics.width, image_height=f.intrinsics.height)
+        h = _header(100 + i)
+        out.append(dict(lm=landmarks_adapter.to_msg(lm, h), depth=to_image_msg(f.depth, "16UC1", h),
+                        info=to_camera_info_msg(f.intrinsics, h), f=f))
+    return out
+
+
+def test_node_fits_and_publishes(context, actor_frames):
+    from facediff_ros.nodes.fitting import FittingNode
+    node = FittingNode(context=context)
+    got = []
+    node.pub.publish = got.append  # capture in-process (DDS delivery is the integration test's)
+    meshes = []
+    node.mesh_pub.publish = meshes.append
+    try:
+        for fr in actor_frames:
+            node.on_info(fr["info"])
+            node.on_depth(fr["depth"])
+            node.on_landmarks(fr["lm"])
+        c = node.counters.snapshot()
+        assert c.get("models_out", 0) == len(actor_frames), c
+        assert len(got) == len(actor_frames) and len(meshes) == len(actor_frames) // 3
+        last = fm.from_msg(got[-1])
+        f = actor_frames[-1]["f"]
+        assert got[-1].identity_locked and got[-1].header.stamp.sec == 100 + len(actor_frames) - 1
+        assert np.degrees(np.arccos(np.clip((np.trace(last.R @ f.R.T) - 1) / 2, -1, 1))) < 1.5
+        assert np.linalg.norm(last.t - f.t) < 0.003
+        assert c.get("terms_landmarks_3d+landmarks_2d+depth", 0) == len(actor_frames)
+        st = node.diagnostic_status()
+        assert st.level == b"\x00" or st.level == 0
+        keys = {kv.key for kv in st.values}
+        assert {"fit_solve_ms", "total_ms", "identity_locked", "quality"} <= keys
+    finally:
+        node.destroy_node()
+
+
+def test_node_bad_input_is_counted_never_raised(context, actor_frames):
+    from facediff_ros.nodes.fitting import FittingNode
+    node = FittingNode(context=context)
+    node.pub.publish = lambda m: None
+    try:
+        fr = actor_frames[0]
+        node.on_depth(fr["depth"])
+        node.on_landmarks(fr["lm"])  # no CameraInfo yet
+        assert node.counters["drop_no_camera_info"] == 1
+        node.on_info(fr["info"])
+        short = landmarks_adapter.to_msg(landmarks_adapter.from_msg(fr["lm"]), _header(50))
+        short.u = short.u[:100]
+        node.process(short, None)
+        assert node.counters["drop_bad_landmarks"] == 1
+        nan = landmarks_adapter.from_msg(fr["lm"])
+        nan.uv[:] = np.nan
+        nan.valid[:] = False
+        nan.points[:] = np.nan
+        assert node.process(landmarks_adapter.to_msg(nan, _header(51)), None) is None
+        assert node.counters["lost"] == 1 and node.counters["lost_too_few_landmarks"] == 1
+        # Depth of the wrong size: colour-only fallback (default) gives a fit without depth.
+        bad_depth = to_image_msg(np.zeros((10, 10), np.uint16), "16UC1", _header(52))
+        r = node.process(fr["lm"], bad_depth)
+        assert r is not None and "depth" not in r.terms_used and node.counters["depth_unusable"] == 1
+        # NaN depth (32FC1): the fit runs without the depth term.
+        nan_depth = to_image_msg(np.full(fr["f"].depth.shape, np.nan, np.float32), "32FC1", _header(53))
+        r = node.process(fr["lm"], nan_depth)
+        assert r is not None and "depth" not in r.terms_used
+        # A landmarks message from an image of another size.
+        other = dataclasses.replace(landmarks_adapter.from_msg(fr["lm"]), image_width=320)
+        node.process(landmarks_adapter.to_msg(other, _header(54)), None)
+        assert node.counters["drop_size_mismatch"] == 1
+    finally:
+        node.destroy_node()
