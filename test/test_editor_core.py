@@ -156,3 +156,33 @@ def test_onnx_export_matches_torch(tmp_path):
     with torch.no_grad():
         ref = net(x, t, src, buf, cat, inten).numpy()
     np.testing.assert_allclose(sess.run(["v"], feeds)[0], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_expression_editor_validates_and_is_deterministic():
+    from facediff_ros.core.editor.edit import ExpressionEditor, category_index
+    net = _random_net(seed=6)
+    ed = ExpressionEditor(net, steps=2, seed=3)
+    g = np.random.default_rng(0)
+    src = g.uniform(-1, 1, (4, 16, 16)).astype(np.float32)
+    buf = g.uniform(-1, 1, (8, 16, 16)).astype(np.float32)
+    a = ed.edit(src, buf, "happy", 0.8)
+    b = ExpressionEditor(net, steps=2, seed=3).edit(src, buf, 1, 0.8)  # same noise seed, index form
+    assert a.shape == (4, 16, 16) and np.array_equal(a, b)
+    assert not np.array_equal(a, ed.edit(src, buf, "sad", 0.8))
+    # Two steps = the sampler driven by hand with the network as denoiser.
+    denoise = sampler.denoiser_from_v_model(net, torch.from_numpy(src)[None], torch.from_numpy(buf)[None],
+                                            torch.tensor([1]), torch.tensor([0.8]))
+    with torch.no_grad():
+        ref = sampler.sample_ddim(denoise, ed.noise.clone(), 2)[0].numpy()
+    np.testing.assert_allclose(a, ref, atol=1e-6)
+    assert category_index("Surprised") == CATEGORIES.index("surprised")
+    bad = [((src[:3], buf, "happy", 0.5), "source"), ((src, buf[:, :8], "happy", 0.5), None),
+           ((src.astype(np.float64) * np.nan, buf, "happy", 0.5), "NaN"),
+           ((src.astype(np.int32), buf, "happy", 0.5), "dtype"), ((src, buf, "smug", 0.5), "smug"),
+           ((src, buf, 7, 0.5), "category"), ((src, buf, "happy", 1.5), "intensity"),
+           ((src, buf, "happy", float("nan")), "intensity")]
+    for args, words in bad:
+        with pytest.raises(ValueError, match=words):
+            ed.edit(*args)
+    with pytest.raises(ValueError, match="steps"):
+        ExpressionEditor(net, steps=0)
