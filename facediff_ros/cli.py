@@ -2,7 +2,8 @@
 
     facediff assets     verify the ICT-FaceKit files and build the model cache (make setup runs it)
     facediff demo       capture + landmark nodes on the embedded sample, checked against its ground truth
-    facediff bench      benchmarks: renderer, synthetic actor, capture + landmark nodes (make bench)
+    facediff bench      benchmarks: renderer, synthetic actor, capture + landmark nodes, landmarks vs raw
+                        MediaPipe (make bench); `facediff bench landmarks --json OUT` runs one
     facediff montage    render the docs montage (identities x expressions, colour + depth) to a PNG
     facediff params     the nodes' parameter tables (Markdown); --readme FILE rewrites README's tables
 """
@@ -36,15 +37,24 @@ def _cmd_montage(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("facediff_ros.bench.renderer_bench", "facediff_ros.bench.actor_bench",
-              "facediff_ros.bench.nodes_bench")
+# ``facediff bench <target>`` -> the benchmark module; ``facediff bench`` runs them all.
+BENCHMARKS = {"renderer": "facediff_ros.bench.renderer_bench", "actor": "facediff_ros.bench.actor_bench",
+              "nodes": "facediff_ros.bench.nodes_bench", "landmarks": "facediff_ros.bench.landmarks_bench"}
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
+    if args.target:
+        import importlib
+        argv = ["--json", args.json] if args.json else []
+        return int(importlib.import_module(BENCHMARKS[args.target]).main(argv + list(args.bench_args)) or 0)
+    if args.json:
+        print("facediff bench: --json needs a target (e.g. facediff bench landmarks --json OUT)",
+              file=sys.stderr)
+        return 2
     # One process per benchmark: each measures a cold start the same way it does alone.
     failed = 0
-    for module in BENCHMARKS:
+    for module in BENCHMARKS.values():
         print(f"== {module}", flush=True)
         failed += subprocess.call([sys.executable, "-m", module]) != 0
     return 1 if failed else 0
@@ -102,7 +112,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = sub.add_parser("params", help="print the nodes' parameter tables (Markdown)")
     p.add_argument("--readme", help="rewrite the tables between the params markers of this file")
     p.set_defaults(func=_cmd_params)
-    sub.add_parser("bench", help="run the benchmarks").set_defaults(func=_cmd_bench)
+    p = sub.add_parser("bench", help="run the benchmarks (all, or one target)")
+    p.add_argument("target", nargs="?", choices=list(BENCHMARKS),
+                   help="one benchmark; 'landmarks': the landmark node's per-frame work vs raw MediaPipe "
+                        "on a 640x480 actor recording (prints the ratio)")
+    p.add_argument("--json", help="with a target: also write its results to this JSON file")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="further options for the target's benchmark")
+    p.set_defaults(func=_cmd_bench)
     p = sub.add_parser("demo", help="run capture + landmarks on the embedded sample and print a summary")
     p.add_argument("--frames", type=int, help="use the sample's first N frames (default: all of them)")
     p.add_argument("--duration", type=float, help="longest time (s) to collect frames")

@@ -38,6 +38,11 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from facediff_ros.adapters import landmarks as landmarks_adapter
+from facediff_ros.adapters import topics
+from facediff_ros.core.landmarks.pipeline import STAGES
+from facediff_ros.nodes import diagnostics as diag
+from facediff_ros.nodes.landmarks import LandmarksParams
 from facediff_ros.nodes.spin import spin_until, stamp_ns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +52,11 @@ END_SLACK_S = 20.0        # default collection deadline: the recording's length 
 MAX_PLAYS = 2             # plays (after discovery) before a frame without landmarks is given up
 STOP_TIMEOUT_S = 10.0     # SIGINT -> exit; then SIGKILL as a last resort
 DIAGNOSTICS_PERIOD_S = 0.25  # the nodes' /diagnostics period here: final counters arrive sooner
-CAMERA = "/camera/camera"
-LEVELS = {0: "OK", 1: "WARN", 2: "ERROR", 3: "STALE"}
+# The default graph's names, from the one place that builds them (both nodes start with their
+# default camera_namespace/camera_name; this process sits in the root namespace).
+CAMERA_TOPICS = topics.camera_topics(LandmarksParams.camera_namespace, LandmarksParams.camera_name)
+COLOR_TOPIC = "/" + CAMERA_TOPICS.color
+LANDMARKS_TOPIC = "/" + topics.FACE_LANDMARKS
 
 
 class _NodeProcess:
@@ -113,15 +121,13 @@ class _Listener:
         self.diagnostics: Dict[str, dict] = {}  # status name -> latest {level, message, values, time}
         # status name -> level (in order of first appearance) -> [count, latest message]
         self.levels_seen: Dict[str, Dict[str, list]] = {}
-        topics = (("color", Image, f"{CAMERA}/color/image_raw"),
-                  ("depth", Image, f"{CAMERA}/aligned_depth_to_color/image_raw"),
-                  ("color_info", CameraInfo, f"{CAMERA}/color/camera_info"),
-                  ("depth_info", CameraInfo, f"{CAMERA}/aligned_depth_to_color/camera_info"))
-        for key, msg_type, topic in topics:
-            node.create_subscription(msg_type, topic, self._keeper(key), qos_profile_sensor_data)
-        node.create_subscription(FaceLandmarks, "/face/landmarks", self._on_landmarks,
-                                 qos_profile_sensor_data)
-        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+        cam = CAMERA_TOPICS
+        streams = (("color", Image, cam.color), ("depth", Image, cam.depth),
+                   ("color_info", CameraInfo, cam.color_info), ("depth_info", CameraInfo, cam.depth_info))
+        for key, msg_type, topic in streams:
+            node.create_subscription(msg_type, "/" + topic, self._keeper(key), qos_profile_sensor_data)
+        node.create_subscription(FaceLandmarks, LANDMARKS_TOPIC, self._on_landmarks, qos_profile_sensor_data)
+        node.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, self._on_diagnostics, 10)
 
     def _keeper(self, key: str) -> Callable:
         def keep(msg) -> None:
@@ -135,14 +141,13 @@ class _Listener:
         if color:
             self.latency_s.append(now - color[-1])
         if stamp not in self.landmarks:
-            uv = np.stack([np.asarray(msg.u, np.float64), np.asarray(msg.v, np.float64)], 1)  # (478, 2)
-            points = np.array([[p.x, p.y, p.z] for p in msg.points], np.float64).reshape(-1, 3)  # (478, 3)
-            self.landmarks[stamp] = (uv, points, np.asarray(msg.valid, bool))
+            lm = landmarks_adapter.from_msg(msg)
+            self.landmarks[stamp] = (lm.uv.astype(np.float64), lm.points, lm.valid)
 
     def _on_diagnostics(self, msg) -> None:
         now = time.monotonic()
         for s in msg.status:
-            level = LEVELS.get(s.level[0] if isinstance(s.level, bytes) else int(s.level), str(s.level))
+            level = diag.level_name(s.level)
             self.diagnostics[s.name] = dict(level=level, message=s.message, time=now,
                                             values={kv.key: kv.value for kv in s.values})
             seen = self.levels_seen.setdefault(s.name, {}).setdefault(level, [0, ""])
@@ -179,9 +184,11 @@ def _rate_hz(times) -> float:
 
 
 def _stage_ms(status: Optional[dict]) -> Dict[str, float]:
+    """Stage -> ms from a status's ``<stage>_ms`` values; the landmark pipeline's stages first, in order."""
     if status is None:
         return {}
-    return {k[:-3]: float(v) for k, v in status["values"].items() if k.endswith("_ms")}
+    ms = {k[:-3]: float(v) for k, v in status["values"].items() if k.endswith("_ms")}
+    return {k: ms[k] for k in sorted(ms, key=lambda k: (STAGES.index(k) if k in STAGES else len(STAGES), k))}
 
 
 def _int_value(status: Optional[dict], key: str) -> Optional[int]:
@@ -273,8 +280,8 @@ def run_demo(duration_s: Optional[float] = None, frames: Optional[int] = None,
         t0 = time.monotonic()
         procs["landmarks"] = _NodeProcess("landmarks", [
             "-p", f"diagnostics_period_s:={DIAGNOSTICS_PERIOD_S}"], env)
-        ready = spin_until(executor, lambda: node.count_publishers("/face/landmarks") > 0
-                           and node.count_subscribers(f"{CAMERA}/color/image_raw") > 1,
+        ready = spin_until(executor, lambda: node.count_publishers(LANDMARKS_TOPIC) > 0
+                           and node.count_subscribers(COLOR_TOPIC) > 1,
                            t0 + START_TIMEOUT_S, died)
         timings["landmarks_start_s"] = time.monotonic() - t0
         if not ready:
@@ -302,7 +309,7 @@ def run_demo(duration_s: Optional[float] = None, frames: Optional[int] = None,
                 failure = f"the sample's frames did not all arrive within {collect_s:.0f} s"
             publishers = {topic: sorted(f"{i.node_namespace.rstrip('/')}/{i.node_name}" for i in
                                         node.get_publishers_info_by_topic(topic))
-                          for topic in ("/face/landmarks", f"{CAMERA}/color/image_raw")}
+                          for topic in (LANDMARKS_TOPIC, COLOR_TOPIC)}
             # Final counters and timings: the capture node's last status, then the landmark node's
             # once no more input arrives.
             t1 = time.monotonic()

@@ -49,6 +49,8 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
+from facediff_ros.adapters import landmarks as landmarks_adapter  # noqa: E402
+from facediff_ros.adapters import topics  # noqa: E402
 from facediff_ros.adapters.dds import configure_environment  # noqa: E402
 from facediff_ros.synthetic import landmark_eval  # noqa: E402
 from facediff_ros.synthetic.landmark_eval import MP_FOR_68  # noqa: E402,F401 - the subset the docstring names
@@ -115,23 +117,23 @@ def test_capture_and_landmarks_processes_against_ground_truth(tmp_path):
     def keep(key):
         return lambda m: got[key].setdefault(stamp_ns(m), m)
 
-    base = "/camera/camera"
-    node.create_subscription(Image, f"{base}/color/image_raw", keep("color"), qos_profile_sensor_data)
-    node.create_subscription(Image, f"{base}/aligned_depth_to_color/image_raw", keep("depth"),
+    # Both nodes run with their default names; this probe sits in the root namespace.
+    cam = topics.camera_topics("camera", "camera")
+    color_topic = "/" + cam.color
+    node.create_subscription(Image, color_topic, keep("color"), qos_profile_sensor_data)
+    node.create_subscription(Image, "/" + cam.depth, keep("depth"), qos_profile_sensor_data)
+    node.create_subscription(CameraInfo, "/" + cam.color_info, keep("color_info"), qos_profile_sensor_data)
+    node.create_subscription(CameraInfo, "/" + cam.depth_info, keep("depth_info"), qos_profile_sensor_data)
+    node.create_subscription(FaceLandmarks, "/" + topics.FACE_LANDMARKS, keep("landmarks"),
                              qos_profile_sensor_data)
-    node.create_subscription(CameraInfo, f"{base}/color/camera_info", keep("color_info"),
-                             qos_profile_sensor_data)
-    node.create_subscription(CameraInfo, f"{base}/aligned_depth_to_color/camera_info", keep("depth_info"),
-                             qos_profile_sensor_data)
-    node.create_subscription(FaceLandmarks, "/face/landmarks", keep("landmarks"), qos_profile_sensor_data)
     node.create_subscription(DiagnosticArray, "/diagnostics",
                              lambda m: diagnostics.update({s.name: s for s in m.status}), 10)
     try:
         # The landmark node creates its publisher once MediaPipe is loaded: then it is ready, and
         # the capture node may start without frames being lost to start-up.
         start_node("landmarks")
-        assert spin_until(executor, lambda: node.count_publishers("/face/landmarks") > 0
-                          and node.count_subscribers(f"{base}/color/image_raw") > 1, deadline), log_tail()
+        assert spin_until(executor, lambda: node.count_publishers("/" + topics.FACE_LANDMARKS) > 0
+                          and node.count_subscribers(color_topic) > 1, deadline), log_tail()
         # Looping: frames published before DDS discovery has matched the readers are lost (best
         # effort), so the recording plays until every frame has been seen.
         start_node("capture", *capture_params, "-p", "loop:=true", "-p", "stamp_source:=device")
@@ -148,7 +150,7 @@ def test_capture_and_landmarks_processes_against_ground_truth(tmp_path):
         assert spin_until(executor, lambda: capture_status() is not None, deadline), "no capture diagnostics"
         capture_status = capture_status()
         publishers = [(i.node_namespace, i.node_name) for i in
-                      node.get_publishers_info_by_topic(f"{base}/color/image_raw")]
+                      node.get_publishers_info_by_topic(color_topic)]
     finally:
         for p in procs.values():
             p.terminate()
@@ -164,7 +166,7 @@ def test_capture_and_landmarks_processes_against_ground_truth(tmp_path):
 
     # ---- message contents ----------------------------------------------------------------------
     assert capture_status is not None and capture_status.level == b"\x00", capture_status
-    frame_id = "camera_color_optical_frame"
+    frame_id = cam.frame_id
     complete = set(got["color"]) & set(got["depth"]) & set(got["color_info"]) & set(got["depth_info"])
     assert len(complete) >= 0.8 * len(got["color"])
     for stamp in complete:
@@ -193,13 +195,11 @@ def test_capture_and_landmarks_processes_against_ground_truth(tmp_path):
     per_frame = []
     for stamp, m in lms.items():
         assert m.header.frame_id == frame_id
-        assert (m.image_width, m.image_height) == (intr.width, intr.height)
-        assert len(m.u) == len(m.v) == len(m.points) == len(m.valid) == 478
-        assert 0 < m.presence <= 1
-        uv = np.stack([m.u, m.v], 1)
-        pts = np.array([[p.x, p.y, p.z] for p in m.points])
-        valid = np.asarray(m.valid, bool)
-        assert np.isnan(pts[~valid]).all() and np.isfinite(pts[valid]).all()
+        lm = landmarks_adapter.from_msg(m)  # checks the lengths (478) and that valid points are finite
+        assert (lm.image_width, lm.image_height) == (intr.width, intr.height)
+        assert 0 < lm.presence <= 1
+        uv, pts, valid = lm.uv.astype(np.float64), lm.points, lm.valid
+        assert np.isnan(pts[~valid]).all()
         per_frame.append(landmark_eval.frame_errors(uv, pts, valid, gt, indices[stamp], *(table or ()),
                                                     intrinsics=intr))
     e = landmark_eval.summarize(per_frame)

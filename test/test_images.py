@@ -162,3 +162,72 @@ def test_ros_adapter_round_trip_and_size():
     info = to_camera_info_msg(intr, Header())
     assert list(info.k) == [50.0, 0.0, 31.5, 0.0, 51.0, 23.5, 0.0, 0.0, 1.0]
     assert from_camera_info_msg(info) == intr
+
+
+# ---- limits checked before any library sees an image (issue 14) ------------------------------
+
+@pytest.mark.parametrize("h, w, too_large", [
+    (1, 32767, True),    # OpenCV aborts the process at a 32767 px side (SHRT_MAX)
+    (32767, 1, True),
+    (1, images.MAX_IMAGE_SIDE_PX + 1, True),
+    (1, images.MAX_IMAGE_SIDE_PX, False),
+    (images.MAX_IMAGE_SIDE_PX, images.MAX_IMAGE_PIXELS // images.MAX_IMAGE_SIDE_PX, False),
+    (images.MAX_IMAGE_SIDE_PX, images.MAX_IMAGE_PIXELS // images.MAX_IMAGE_SIDE_PX + 1, True),
+    (480, 640, False),
+])
+def test_image_size_limits(h, w, too_large):
+    if too_large:
+        with pytest.raises(images.ImageTooLarge, match=f"{w}x{h}"):
+            images.check_image_size(h, w)
+    else:
+        images.check_image_size(h, w)
+
+
+def test_empty_image_is_a_plain_value_error():
+    for h, w in ((0, 640), (480, 0), (-1, 5)):
+        with pytest.raises(ValueError, match="empty") as info:
+            images.check_image_size(h, w, "colour image")
+        assert not isinstance(info.value, images.ImageTooLarge)
+
+
+def _k(fx=600.0, fy=600.0, cx=319.5, cy=239.5, skew=0.0, k10=0.0, last=(0.0, 0.0, 1.0)):
+    return [fx, skew, cx, k10, fy, cy, *last]
+
+
+@pytest.mark.parametrize("k, match", [
+    (_k(fx=1e-310), "focal"),     # x ~ inf m before this check
+    (_k(fx=5e-324), "focal"),     # the smallest positive double
+    (_k(fx=1e-300), "focal"),     # x ~ 1e300 m
+    (_k(fy=6.39), "focal"),       # just below 0.01 x 640
+    (_k(fx=64001.0), "focal"),    # just above 100 x 640
+    (_k(cx=1e12), "principal"),   # x ~ -2e9 m
+    (_k(cx=-640.5), "principal"),
+    (_k(cy=960.5), "principal"),  # 2 x 480 + 0.5
+    (_k(skew=0.5), "skew"),
+    (_k(k10=1.0), "last row"),
+    (_k(last=(0.0, 0.0, 2.0)), "last row"),
+    (_k(last=(1e-3, 0.0, 1.0)), "last row"),
+])
+def test_implausible_camera_matrices_are_refused(k, match):
+    with pytest.raises(ValueError, match=match):
+        images.camera_info_to_intrinsics(480, 640, k)
+
+
+@pytest.mark.parametrize("k", [
+    _k(),
+    _k(fx=6.4, fy=64000.0),        # both ends of [0.01, 100] x the 640 px side
+    _k(cx=-640.0, cy=960.0),       # the principal point one image size outside
+    _k(cx=1280.0, cy=-480.0),
+])
+def test_plausible_camera_matrices_at_the_limits_pass(k):
+    intr = images.camera_info_to_intrinsics(480, 640, k)
+    assert (intr.fx, intr.fy, intr.cx, intr.cy) == (k[0], k[4], k[2], k[5])
+
+
+def test_image_fields_view_the_data_without_copying():
+    rgb = _random("rgb8", 4, 6)
+    f = images.ImageFields.from_array(rgb, "rgb8")
+    assert (f.height, f.width, f.encoding, f.step) == (4, 6, "rgb8", 18)
+    out = images.fields_to_array(f)
+    np.testing.assert_array_equal(out, rgb)
+    assert np.shares_memory(out, np.frombuffer(f.data, np.uint8))

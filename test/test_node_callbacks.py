@@ -138,33 +138,51 @@ def test_landmarks_depth_camera_info_must_match_depth_size(landmarks):
     assert landmarks.counters["drop_size_mismatch"] == 1
 
 
-def test_landmarks_on_a_rendered_face_publishes_valid_landmarks(landmarks, model):
+def _rendered_face(model, intr, distance_m=0.6):
+    """Colour (uint8 RGB) and depth (uint16 mm, background 1.5 m) of the neutral model facing the camera."""
     from facediff_ros.core.face.morphable_model import transform
     from facediff_ros.core.render.renderer import Renderer
-    intr = Intrinsics.from_fov(640, 480, 69.0)
     tris, _, _ = model.triangles()
-    v = transform(model.vertices(), np.eye(3), (0.0, 0.0, 0.6))
+    v = transform(model.vertices(), np.eye(3), (0.0, 0.0, distance_m))
     buf = Renderer(intr).render(v, tris, vertex_colors=np.full((len(v), 3), 0.8))
     color = (np.clip(np.where(buf.mask[..., None], buf.color, 0.45), 0, 1) * 255).astype(np.uint8)
     depth = np.where(buf.mask, np.rint(buf.depth * 1000), 1500).astype(np.uint16)
+    return color, depth, buf
+
+
+def test_landmarks_on_a_rendered_face_publishes_valid_landmarks(landmarks, model):
+    from rclpy.serialization import deserialize_message
+
+    from facediff_ros.adapters.landmarks import from_msg
+    from facediff_ros.msg import FaceLandmarks
+    intr = Intrinsics.from_fov(640, 480, 69.0)
+    color, depth, buf = _rendered_face(model, intr)
     h = _header(7)
+    landmarks.pub = _Recorder()
     out = landmarks.process(to_image_msg(color, "rgb8", h), to_image_msg(depth, "16UC1", h),
                             to_camera_info_msg(intr, h))
     assert out is not None, landmarks.counters.snapshot()
-    assert len(out.u) == len(out.points) == len(out.valid) == 478
-    assert out.header.stamp.sec == 7 and out.header.frame_id == "camera_color_optical_frame"
-    assert (out.image_width, out.image_height) == (640, 480)
-    valid = np.array(out.valid)
+    # What was published (serialized FaceLandmarks) reads back as what process() returned.
+    (payload,) = landmarks.pub.msgs
+    msg = deserialize_message(payload, FaceLandmarks)
+    assert msg.header.stamp.sec == 7 and msg.header.frame_id == "camera_color_optical_frame"
+    assert (msg.image_width, msg.image_height) == (640, 480)
+    pub = from_msg(msg)
+    np.testing.assert_array_equal(pub.uv, out.uv)
+    np.testing.assert_array_equal(pub.points, out.points)
+    np.testing.assert_array_equal(pub.valid, out.valid)
+    valid, pts = out.valid, out.points
     assert valid.mean() > 0.9
-    pts = np.array([[p.x, p.y, p.z] for p in out.points])
     assert np.isnan(pts[~valid]).all()
     # Depth of each valid landmark = the rendered depth at its pixel (the face is smooth at 5 px).
-    px = np.rint(np.stack([out.u, out.v], 1)).astype(int)
+    px = np.rint(out.uv).astype(int)
     rendered = buf.depth[px[valid, 1], px[valid, 0]]
     assert np.median(np.abs(pts[valid, 2] - rendered)) < 0.002
     # The nose tip (MediaPipe 1) lies near the image centre, nearer than the head's origin.
-    assert 0.4 < pts[1, 2] < 0.6 and abs(out.u[1] - 319.5) < 20
-    assert 0 < out.presence <= 1 and out.bbox.width > 50
+    assert 0.4 < pts[1, 2] < 0.6 and abs(out.uv[1, 0] - 319.5) < 20
+    assert 0 < out.presence <= 1 and out.bbox[2] > 50
+    stages = dict(landmarks.times.items())
+    assert {"decode", "face_mesh", "lifting", "message", "publish", "total"} <= set(stages)
     # The debug image (off by default) once switched on: colour with green dots, same header.
     from rclpy.parameter import Parameter
     landmarks.debug_pub = _Recorder()
@@ -176,8 +194,8 @@ def test_landmarks_on_a_rendered_face_publishes_valid_landmarks(landmarks, model
     img = np.frombuffer(bytes(dbg.data), np.uint8).reshape(480, 640, 3)
     green = (img == [0, 255, 0]).all(-1)
     assert not (color == [0, 255, 0]).all(-1).any() and green.sum() > 478
-    assert green[int(out.bbox.y_offset):int(out.bbox.y_offset + out.bbox.height),
-                 int(out.bbox.x_offset):int(out.bbox.x_offset + out.bbox.width)].sum() > 0.9 * green.sum()
+    x, y, w, hh = out.bbox
+    assert green[y:y + hh, x:x + w].sum() > 0.9 * green.sum()
 
 
 # ---- capture node ------------------------------------------------------------------------------

@@ -98,3 +98,25 @@ def test_a_looping_recording_with_a_lost_message_recovers_at_once():
     assert [m["color"] for m in matched] == ["c27", "c28", "c0", "c1", "c2", "c3", "c4"]
     assert all(m["depth"] == "d" + m["color"][1:] for m in matched)
     assert sync.resets == 1
+
+
+def test_reconfigure_counts_what_it_discards_and_keeps_earlier_counts():
+    sync = StampSynchronizer(KEYS, SyncConfig(tolerance_s=0.0, queue_size=3))
+    for stamp in (1, 2, 3, 4):
+        sync.add("info", stamp, f"i{stamp}")  # the 4th overflows the queue of 3: i1 dropped
+    sync.add("depth", 2, "d2")
+    assert sync.add("color", 2, "c2") == [{"color": "c2", "depth": "d2", "info": "i2"}]
+    assert sync.add("color", 3, "c3") == []  # waits for depth 3; i3 and i4 wait too
+    assert dict(sync.dropped) == {"overflow_info": 1}
+    assert [sync.pending(k) for k in KEYS] == [1, 0, 2]
+
+    assert sync.reconfigure(SyncConfig(tolerance_s=0.005, queue_size=5)) == 3
+    # Every queued message is counted by stream; the earlier counts and the match stay.
+    assert dict(sync.dropped) == {"overflow_info": 1, "reset_color": 1, "reset_info": 2}
+    assert sync.matched == 1 and all(sync.pending(k) == 0 for k in KEYS)
+    # The new rules apply from now on: stamps 2 and 1 ms from the colour's pair within 5 ms.
+    sync.add("depth", 500 * MS, "d500")
+    sync.add("info", 503 * MS, "i503")
+    assert sync.add("color", 502 * MS, "c502") == [{"color": "c502", "depth": "d500", "info": "i503"}]
+    with pytest.raises(ValueError, match="config"):
+        sync.reconfigure({"tolerance_s": 0.1})

@@ -41,6 +41,16 @@ def from_image_msg(msg: Image) -> np.ndarray:
                                  msg.data)
 
 
+def image_fields(msg: Image) -> images.ImageFields:
+    """The plain fields of ``msg`` for the core (``data`` is the message's own buffer, not a copy)."""
+    return images.ImageFields(msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step, msg.data)
+
+
+def camera_info_fields(msg: CameraInfo) -> images.CameraInfoFields:
+    """Size and K of ``msg`` for the core."""
+    return images.CameraInfoFields(msg.height, msg.width, msg.k)
+
+
 def to_camera_info_msg(intr: Intrinsics, header: Header) -> CameraInfo:
     """A plumb_bob CameraInfo with zero distortion, K, R = I and P = [K | 0] for ``intr``."""
     fields = images.intrinsics_to_camera_info_fields(intr)

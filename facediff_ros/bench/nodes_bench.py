@@ -7,8 +7,10 @@ capture  = source read (playback + ``rs.align`` + colour/depth conversion; the s
            frames need) + building the messages (colour, depth, CameraInfo) with
            ``adapters.camera_frames.frame_messages``, the function the capture node publishes
            from -- what the capture node does per frame before ``publish``;
-landmarks = decoding those messages + MediaPipe face mesh (tracking mode) + depth lifting +
-           building the FaceLandmarks message -- what the landmark node does per frame.
+landmarks = ``nodes.landmarks.landmarks_from_messages``, the landmark node's per-frame function:
+           the landmark pipeline (core.landmarks.pipeline: decode + validate, MediaPipe face mesh
+           in tracking mode, depth lifting) + building the FaceLandmarks message. Its ratio to
+           raw MediaPipe is ``facediff bench landmarks`` (bench/landmarks_bench.py).
 
 The source is ``--recording`` or the embedded sample (facediff_ros/data/sample.db3), played as
 fast as possible; without either, the synthetic actor renders frames live (then ``read`` is the
@@ -34,14 +36,11 @@ def _stats(ms: List[float]) -> Dict[str, float]:
 
 def run(recording: Optional[str], frames: int, force_align: bool = False) -> Dict[str, object]:
     from facediff_ros.adapters.camera_frames import device_stamp, frame_messages
-    from facediff_ros.adapters.images import from_camera_info_msg, from_image_msg
-    from facediff_ros.core import images
     from facediff_ros.core.capture import sources
     from facediff_ros.synthetic import actor_source
-    from facediff_ros.core.landmarks.face_mesh import FaceMesh, select_face
-    from facediff_ros.core.landmarks.lifting import lift_landmarks
+    from facediff_ros.core.landmarks.pipeline import LandmarkPipeline
     from facediff_ros.nodes.capture import SAMPLE_RECORDING
-    from facediff_ros.nodes.landmarks import landmarks_msg
+    from facediff_ros.nodes.landmarks import landmarks_from_messages
 
     path = recording or (str(SAMPLE_RECORDING) if SAMPLE_RECORDING.is_file() else None)
     if path:
@@ -52,7 +51,7 @@ def run(recording: Optional[str], frames: int, force_align: bool = False) -> Dic
         source = actor_source.SyntheticSource(num_frames=frames, loop=True, realtime=False)
         what = "synthetic actor rendered live (no recording found)"
     source.open()
-    fm = FaceMesh()
+    pipeline = LandmarkPipeline()  # the node's defaults
     t: Dict[str, List[float]] = {k: [] for k in (
         "capture_read_align", "capture_build_msgs", "capture_total", "landmarks_decode",
         "landmarks_face_mesh", "landmarks_lifting", "landmarks_build_msg", "landmarks_total")}
@@ -65,35 +64,26 @@ def run(recording: Optional[str], frames: int, force_align: bool = False) -> Dic
             t1 = time.perf_counter()
             msgs = frame_messages(frame, device_stamp(frame), "camera_color_optical_frame", "16UC1")
             t2 = time.perf_counter()
-            cmsg, dmsg, info, header = msgs.color, msgs.depth, msgs.info, msgs.color.header
+            cmsg, dmsg, info = msgs.color, msgs.depth, msgs.info
             if i > 0:
                 for k, dt in (("capture_read_align", t1 - t0), ("capture_build_msgs", t2 - t1),
                               ("capture_total", t2 - t0)):
                     t[k].append(dt * 1000.0)
-            rgb = images.to_rgb8(from_image_msg(cmsg), cmsg.encoding)
-            depth = images.depth_to_meters(from_image_msg(dmsg), dmsg.encoding)
-            intr = from_camera_info_msg(info)
+            # The landmark node's own per-frame function (pipeline + message), as the node calls it.
+            res, payload = landmarks_from_messages(pipeline, cmsg, dmsg, info)
             t3 = time.perf_counter()
-            faces = fm.process(rgb)
-            t4 = time.perf_counter()
-            if not faces:
-                continue
-            face = faces[select_face(faces, "largest", depth)]
-            points, valid = lift_landmarks(face.uv, depth, intr)
-            t5 = time.perf_counter()
-            landmarks_msg(header, intr, face, points, valid)
-            t6 = time.perf_counter()
-            if i == 0:
+            if payload is None or i == 0:
                 continue
             faces_found += 1
-            size = rgb.shape[:2]
-            for k, dt in (("landmarks_decode", t3 - t2),
-                          ("landmarks_face_mesh", t4 - t3), ("landmarks_lifting", t5 - t4),
-                          ("landmarks_build_msg", t6 - t5), ("landmarks_total", t6 - t2)):
+            size = res.rgb.shape[:2]
+            st = res.timings_s
+            for k, dt in (("landmarks_decode", st["decode"]), ("landmarks_face_mesh", st["face_mesh"]),
+                          ("landmarks_lifting", st["lifting"]), ("landmarks_build_msg", st["message"]),
+                          ("landmarks_total", t3 - t2)):
                 t[k].append(dt * 1000.0)
     finally:
         source.close()
-        fm.close()
+        pipeline.close()
     return {"source": what, "image_size_hw": list(size) if size else None, "frames_with_face": faces_found,
             "frames": frames, "stages": {k: _stats(v) for k, v in t.items() if v}}
 

@@ -17,12 +17,13 @@ infinite values are read as invalid too).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from facediff_ros.core.camera import Intrinsics
+from facediff_ros.core.camera import Intrinsics, check_camera_matrix
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,37 @@ DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
 # Depth in millimetres per unit of a 16-bit depth image (REP 118).
 MM_PER_M = 1000.0
 
+# Largest image this package hands to a library. OpenCV aborts the whole process (SIGABRT, which
+# no ``except`` catches) when an image side reaches 32767 px (SHRT_MAX, e.g. ``remap``'s
+# ``dst.cols < SHRT_MAX``), and MediaPipe's face mesh graph reaches that code; half of it leaves
+# room for any internal 2x upscaling. Pixels: 32 Mpx (8192 x 4096, 16x a 1920x1080 RealSense
+# frame) -- beyond that one frame costs hundreds of MB and seconds, never a camera stream.
+MAX_IMAGE_SIDE_PX = 16384
+MAX_IMAGE_PIXELS = 1 << 25
+
+
+class ImageTooLarge(ValueError):
+    """An image over :data:`MAX_IMAGE_SIDE_PX` / :data:`MAX_IMAGE_PIXELS`."""
+
+
+def check_image_size(height: int, width: int, what: str = "image") -> None:
+    """Refuse a size that could crash a library before any pixel is read.
+
+    Checked on the declared sizes (sensor_msgs/Image ``height``/``width``), so it costs nothing
+    and runs before the data is even looked at.
+
+    :raises ImageTooLarge: a side over :data:`MAX_IMAGE_SIDE_PX` or more than
+        :data:`MAX_IMAGE_PIXELS` pixels.
+    :raises ValueError: a side < 1 (an empty image).
+    """
+    height, width = int(height), int(width)
+    if height < 1 or width < 1:
+        raise ValueError(f"{what}: empty image ({width}x{height})")
+    if max(height, width) > MAX_IMAGE_SIDE_PX or height * width > MAX_IMAGE_PIXELS:
+        raise ImageTooLarge(f"{what}: {width}x{height} is over the limits of {MAX_IMAGE_SIDE_PX} px "
+                            f"per side and {MAX_IMAGE_PIXELS} pixels (OpenCV aborts the process at "
+                            f"32767 px)")
+
 
 def encoding_info(encoding: str) -> Encoding:
     """The :class:`Encoding` of ``encoding``; ValueError naming the supported ones otherwise."""
@@ -62,6 +94,37 @@ def encoding_info(encoding: str) -> Encoding:
     except (KeyError, TypeError):
         raise ValueError(f"encoding: unsupported image encoding {encoding!r}; supported: "
                          f"{', '.join(ENCODINGS)}") from None
+
+
+@dataclass(frozen=True)
+class ImageFields:
+    """The fields of a sensor_msgs/Image but its header, as plain values (``data`` not copied)."""
+
+    height: int
+    width: int
+    encoding: str
+    is_bigendian: bool
+    step: int
+    data: Any  # bytes-like: bytes, array.array('B'), memoryview, uint8 array
+
+    @classmethod
+    def from_array(cls, arr: np.ndarray, encoding: str) -> "ImageFields":
+        """The fields holding ``arr`` (see :func:`array_to_image_fields`)."""
+        return cls(**array_to_image_fields(arr, encoding))
+
+
+@dataclass(frozen=True)
+class CameraInfoFields:
+    """What is read of a sensor_msgs/CameraInfo: image size (px) and ``k`` (row-major 3x3)."""
+
+    height: int
+    width: int
+    k: Sequence[float]
+
+
+def fields_to_array(f: ImageFields) -> np.ndarray:
+    """:func:`image_to_array` of an :class:`ImageFields`."""
+    return image_to_array(f.height, f.width, f.encoding, f.is_bigendian, f.step, f.data)
 
 
 def image_to_array(height: int, width: int, encoding: str, is_bigendian, step: int,
@@ -263,18 +326,24 @@ def camera_info_to_intrinsics(height: int, width: int, k: Sequence[float]) -> In
     that receives non-zero ``d`` should say so (see :func:`has_distortion`).
 
     :raises ValueError: zero-sized image, K not 9 finite values, zero/negative focal length
-        (an uncalibrated CameraInfo has K all zero).
+        (an uncalibrated CameraInfo has K all zero), or a K that
+        :func:`facediff_ros.core.camera.check_camera_matrix` refuses (implausible focal lengths
+        or principal point, skew, a last row other than [0, 0, 1]).
     """
-    k = np.asarray(k, dtype=np.float64).reshape(-1)
-    if k.size != 9 or not np.isfinite(k).all():
-        raise ValueError(f"k: expected 9 finite values (row-major 3x3), got {k.tolist()}")
+    try:
+        k = [float(v) for v in k]  # Python floats: per frame, cheaper than numpy on nine numbers
+    except (TypeError, ValueError):
+        raise ValueError(f"k: expected 9 numbers (row-major 3x3), got {k!r}") from None
+    if len(k) != 9 or not all(math.isfinite(v) for v in k):
+        raise ValueError(f"k: expected 9 finite values (row-major 3x3), got {k}")
     if int(height) <= 0 or int(width) <= 0:
         raise ValueError(f"height/width: the CameraInfo image size must be positive, got "
                          f"{width}x{height}")
     if k[0] <= 0 or k[4] <= 0:
         raise ValueError(f"k: focal lengths must be > 0 (an all-zero K means uncalibrated), got "
                          f"fx={k[0]}, fy={k[4]}")
-    return Intrinsics.from_K(k.reshape(3, 3), int(width), int(height))
+    check_camera_matrix(k, int(width), int(height))
+    return Intrinsics(k[0], k[4], k[2], k[5], int(width), int(height))
 
 
 def has_distortion(d: Sequence[float]) -> bool:

@@ -14,6 +14,8 @@ Rules (each stream is assumed to arrive in stamp order, as DDS delivers one writ
   and counted as ``unpaired_<key>``.
 - Each stream's queue holds at most ``queue_size`` messages; the oldest is dropped on overflow
   and counted as ``overflow_<key>``.
+- :meth:`StampSynchronizer.reconfigure` (new tolerance or queue size) drops what is queued,
+  counted as ``reset_<key>``; the counts so far are kept.
 """
 
 from __future__ import annotations
@@ -56,6 +58,25 @@ class StampSynchronizer:
         self.matched = 0
         self.resets = 0  # times a stream's stamps went backwards and the queues were cleared
         self.received: Counter = Counter()
+
+    def reconfigure(self, config: SyncConfig) -> int:
+        """Use ``config`` from now on; returns how many queued messages were dropped.
+
+        What is queued was judged under the old tolerance (and may not fit a smaller queue), so it
+        is dropped rather than re-matched: each message is counted as ``reset_<key>`` in
+        :attr:`dropped`, and every earlier count (matched, dropped, received) is kept.
+        """
+        if not isinstance(config, SyncConfig):
+            raise ValueError(f"config: expected a SyncConfig, got {type(config).__name__}")
+        n = 0
+        for k, q in self._queues.items():
+            if q:
+                self.dropped[f"reset_{k}"] += len(q)
+                n += len(q)
+                q.clear()
+        self.config = config
+        self._tol_ns = int(round(config.tolerance_s * 1e9))
+        return n
 
     def pending(self, key: str) -> int:
         """Messages of ``key`` waiting for partners."""

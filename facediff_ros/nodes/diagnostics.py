@@ -18,6 +18,14 @@ OK, WARN, ERROR, STALE = (DiagnosticStatus.OK, DiagnosticStatus.WARN, Diagnostic
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
 
 
+def level_name(level) -> str:
+    """'OK', 'WARN', 'ERROR' or 'STALE' for a DiagnosticStatus level (rclpy gives bytes, b'\\x00');
+    the value itself for anything else."""
+    if isinstance(level, int) and 0 <= level < 256:
+        level = bytes([level])
+    return LEVEL_NAMES.get(level, str(level))
+
+
 class RateLimitedLog:
     """Logs each kind of problem once, then at most once per ``period_s`` with a repeat count.
 

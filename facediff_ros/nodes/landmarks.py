@@ -13,47 +13,53 @@ realsense2_camera with ``align_depth.enable:=true``)::
 Colour, depth and colour CameraInfo are paired by stamp (:mod:`facediff_ros.core.sync`); the
 depth CameraInfo only has its size checked against the depth image (aligned depth shares the
 colour geometry, and lifting uses the colour CameraInfo's K).
+Each set goes through the landmark pipeline (:mod:`facediff_ros.core.landmarks.pipeline`: decode
+and validate, face mesh, lifting); this node only pairs, converts messages
+(:mod:`facediff_ros.adapters`), counts and publishes.
 Publishes ``face/landmarks`` (facediff_ros/FaceLandmarks, header copied from the colour image),
 optionally ``face/landmarks/debug_image`` (rgb8, landmarks drawn: green with valid depth, red
 without), and ``/diagnostics``. A frame without a face publishes nothing and is counted; bad
-input (unsupported encoding, step/size mismatch, colour/depth/CameraInfo sizes that disagree,
-depth without a single valid pixel, no CameraInfo) is logged once per 5 s per kind, counted as a
-drop by reason, and never raises.
+input (unsupported encoding, step/size mismatch, an image over the size limits, an implausible
+CameraInfo K, colour/depth/CameraInfo sizes that disagree, depth without a single valid pixel or
+without one in the lifting range, no CameraInfo) is logged once per 5 s per kind, counted as a
+drop by reason (``drop_<reason>``, see ``pipeline.DROP_REASONS``), and never raises. Messages
+discarded by the synchroniser are counted as ``sync_<reason>_<stream>``, a sync parameter
+change included (``sync_reset_<stream>``).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import Point
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, Image
 
+from facediff_ros.adapters import landmarks as landmarks_adapter
 from facediff_ros.adapters import topics
-from facediff_ros.adapters.images import from_camera_info_msg, from_image_msg, to_image_msg
-from facediff_ros.core import images
-from facediff_ros.core.landmarks.face_mesh import SELECTION_RULES, FaceMesh, FaceMeshConfig, select_face
-from facediff_ros.core.landmarks.lifting import LiftingConfig, lift_landmarks
+from facediff_ros.adapters.images import camera_info_fields, image_fields, to_image_msg
+from facediff_ros.core.landmarks.face_mesh import SELECTION_RULES, FaceMeshConfig
+from facediff_ros.core.landmarks.lifting import LiftingConfig
+from facediff_ros.core.landmarks.pipeline import (FrameDropped, FrameResult, LandmarkPipeline, Landmarks,
+                                                  PipelineConfig)
 from facediff_ros.core.sync import StampSynchronizer, SyncConfig
 from facediff_ros.msg import FaceLandmarks
 from facediff_ros.nodes import diagnostics as diag
 from facediff_ros.nodes.parameters import QOS_CHOICES, QOS_HELP, NodeParameters, param, qos_profile
 from facediff_ros.nodes.spin import run, stamp_ns
 
-_NAN_POINT = Point(x=math.nan, y=math.nan, z=math.nan)
 # Seconds without any CameraInfo after which colour frames are dropped as "no_camera_info"
 # rather than queued (a driver publishes CameraInfo with every frame).
 _INFO_MISSING_S = 1.0
+_SYNC_KEYS = ("color", "depth", "info")
 
 
 @dataclass(frozen=True)
 class LandmarksParams:
-    """The landmark node's ROS parameters."""
+    """The landmark node's ROS parameters (defaults of the core options come from the core configs)."""
 
     camera_namespace: str = field(default="camera", metadata=param(
         "first part of the input topic names (as the capture node's / realsense2_camera's)", read_only=True))
@@ -64,27 +70,28 @@ class LandmarksParams:
         "reliable publishers)", choices=QOS_CHOICES, read_only=True))
     output_qos: str = field(default="SENSOR_DATA", metadata=param(
         "QoS of face/landmarks and the debug image: " + QOS_HELP, choices=QOS_CHOICES, read_only=True))
-    max_num_faces: int = field(default=1, metadata=param(
+    max_num_faces: int = field(default=FaceMeshConfig.max_num_faces, metadata=param(
         "faces MediaPipe tracks; with more than one, face_selection picks the one published",
         min=1, max=10, read_only=True))
-    face_selection: str = field(default="largest", metadata=param(
+    face_selection: str = field(default=PipelineConfig.face_selection, metadata=param(
         "which face to publish when several are found: 'largest' (landmark bounding-box area) or "
         "'closest' (smallest median depth at the landmarks)", choices=SELECTION_RULES))
-    min_detection_confidence: float = field(default=0.5, metadata=param(
-        "MediaPipe face detector score a new face needs", min=0.0, max=1.0, read_only=True))
-    min_tracking_confidence: float = field(default=0.5, metadata=param(
+    min_detection_confidence: float = field(
+        default=FaceMeshConfig.min_detection_confidence, metadata=param(
+            "MediaPipe face detector score a new face needs", min=0.0, max=1.0, read_only=True))
+    min_tracking_confidence: float = field(default=FaceMeshConfig.min_tracking_confidence, metadata=param(
         "MediaPipe landmark presence below which a tracked face is re-detected", min=0.0, max=1.0,
         read_only=True))
-    lift_window_radius_px: int = field(default=2, metadata=param(
+    lift_window_radius_px: int = field(default=LiftingConfig.window_radius_px, metadata=param(
         "depth window around each landmark is (2r+1)^2 pixels", min=0, max=10))
-    lift_cluster_gap_m: float = field(default=0.015, metadata=param(
+    lift_cluster_gap_m: float = field(default=LiftingConfig.cluster_gap_m, metadata=param(
         "depth jump (m) separating surfaces (face / background) inside a window", min=0.001, max=1.0))
-    lift_min_cluster_samples: int = field(default=6, metadata=param(
+    lift_min_cluster_samples: int = field(default=LiftingConfig.min_cluster_samples, metadata=param(
         "samples a surface needs inside the window to give a landmark its depth", min=1))
-    sync_tolerance_s: float = field(default=0.0, metadata=param(
+    sync_tolerance_s: float = field(default=SyncConfig.tolerance_s, metadata=param(
         "0: pair colour, depth and CameraInfo with equal stamps only; > 0: nearest stamps within it",
         min=0.0, max=1.0))
-    sync_queue_size: int = field(default=5, metadata=param(
+    sync_queue_size: int = field(default=SyncConfig.queue_size, metadata=param(
         "messages per input stream waiting for their partners", min=1, max=100))
     publish_debug_image: bool = field(default=False, metadata=param(
         "publish face/landmarks/debug_image (colour with the landmarks drawn)"))
@@ -92,25 +99,49 @@ class LandmarksParams:
         "period of /diagnostics messages", min=0.05, max=60.0, read_only=True))
 
     def __post_init__(self):
-        LiftingConfig(**self.lifting_kwargs())  # raises ValueError for inconsistent lifting values
+        self.lifting()  # raises ValueError for inconsistent lifting values
         topics.camera_topics(self.camera_namespace, self.camera_name)  # raises ValueError with the reason
 
-    def lifting_kwargs(self) -> dict:
+    def lifting(self) -> LiftingConfig:
         k = self.lift_min_cluster_samples
-        return dict(window_radius_px=self.lift_window_radius_px, cluster_gap_m=self.lift_cluster_gap_m,
-                    min_cluster_samples=k, max_speckle_samples=min(LiftingConfig.max_speckle_samples, k - 1))
+        return LiftingConfig(window_radius_px=self.lift_window_radius_px,
+                             cluster_gap_m=self.lift_cluster_gap_m, min_cluster_samples=k,
+                             max_speckle_samples=min(LiftingConfig.max_speckle_samples, k - 1))
+
+    def pipeline(self) -> PipelineConfig:
+        return PipelineConfig(
+            face_mesh=FaceMeshConfig(max_num_faces=self.max_num_faces,
+                                     min_detection_confidence=self.min_detection_confidence,
+                                     min_tracking_confidence=self.min_tracking_confidence),
+            lifting=self.lifting(), face_selection=self.face_selection)
+
+    def sync(self) -> SyncConfig:
+        return SyncConfig(self.sync_tolerance_s, self.sync_queue_size)
 
 
-class InputError(ValueError):
-    """A frame that cannot be processed; ``reason`` keys the drop counter."""
+def landmarks_from_messages(pipeline: LandmarkPipeline, color_msg: Image, depth_msg: Image,
+                            info_msg: CameraInfo, depth_info_size: Optional[Tuple[int, int]] = None
+                            ) -> Tuple[FrameResult, Optional[bytes]]:
+    """The landmark node's per-frame work up to ``publish`` (the benchmark times this function).
 
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
+    :returns: the pipeline's result and the serialized FaceLandmarks to publish (None: no face),
+        with the colour image's header; ``result.timings_s`` gains ``message`` (seconds to build
+        it). Serialized, because ``publish(bytes)`` skips rclpy's per-Point conversion
+        (:mod:`facediff_ros.adapters.landmarks`).
+    :raises FrameDropped: unusable input, with the reason.
+    """
+    res = pipeline.process(image_fields(color_msg), image_fields(depth_msg), camera_info_fields(info_msg),
+                           depth_info_size)
+    if res.landmarks is None:
+        return res, None
+    t0 = time.perf_counter()
+    payload = landmarks_adapter.serialize(res.landmarks, color_msg.header)
+    res.timings_s["message"] = time.perf_counter() - t0
+    return res, payload
 
 
 class LandmarksNode(Node):
-    """Pairs colour/depth/CameraInfo, runs the face mesh, lifts the landmarks, publishes them."""
+    """Pairs colour/depth/CameraInfo, runs the landmark pipeline on each set, publishes the face."""
 
     def __init__(self, node_name: str = "landmarks", **kwargs):
         super().__init__(node_name, **kwargs)
@@ -125,12 +156,8 @@ class LandmarksNode(Node):
         self.last_drop = ""
         self.times = diag.StageTimes()
         self.log_limited = diag.RateLimitedLog(self.get_logger())
-        self.face_mesh = FaceMesh(FaceMeshConfig(
-            max_num_faces=p.max_num_faces, min_detection_confidence=p.min_detection_confidence,
-            min_tracking_confidence=p.min_tracking_confidence))
-        self.lifting = LiftingConfig(**p.lifting_kwargs())
-        self.sync = StampSynchronizer(["color", "depth", "info"],
-                                      SyncConfig(p.sync_tolerance_s, p.sync_queue_size))
+        self.pipeline = LandmarkPipeline(p.pipeline())
+        self.sync = StampSynchronizer(_SYNC_KEYS, p.sync())
         self._last_info_time: Optional[float] = None
         self._first_color_time: Optional[float] = None
         self._depth_info: Optional[CameraInfo] = None
@@ -153,10 +180,10 @@ class LandmarksNode(Node):
                                      self.get_name(), self.get_namespace())
 
     def _on_params_changed(self, old: LandmarksParams, new: LandmarksParams) -> None:
-        self.lifting = LiftingConfig(**new.lifting_kwargs())
-        if (old.sync_tolerance_s, old.sync_queue_size) != (new.sync_tolerance_s, new.sync_queue_size):
-            self.sync = StampSynchronizer(["color", "depth", "info"],
-                                          SyncConfig(new.sync_tolerance_s, new.sync_queue_size))
+        self.pipeline.reconfigure(lifting=new.lifting(), face_selection=new.face_selection)
+        if old.sync() != new.sync():
+            # Queued messages were waiting under the old rules: dropped, counted as sync_reset_<key>.
+            self.sync.reconfigure(new.sync())
 
     # ---- callbacks -----------------------------------------------------------------------------
     def _drop(self, reason: str, message: str) -> None:
@@ -201,73 +228,40 @@ class LandmarksNode(Node):
             self.process(m["color"], m["depth"], m["info"])
 
     # ---- one frame -----------------------------------------------------------------------------
-    def decode(self, color_msg: Image, depth_msg: Image, info_msg: CameraInfo):
-        """Check and convert one set of inputs; InputError(reason) for anything unusable."""
-        try:
-            rgb = images.to_rgb8(from_image_msg(color_msg), color_msg.encoding)
-        except ValueError as exc:
-            raise InputError("bad_color", f"colour image: {exc}") from None
-        try:
-            depth = images.depth_to_meters(from_image_msg(depth_msg), depth_msg.encoding)
-        except ValueError as exc:
-            raise InputError("bad_depth", f"depth image: {exc}") from None
-        try:
-            intr = from_camera_info_msg(info_msg)
-        except ValueError as exc:
-            raise InputError("bad_camera_info", f"colour CameraInfo: {exc}") from None
-        if rgb.shape[:2] != intr.shape:
-            raise InputError("size_mismatch", f"colour image {rgb.shape[1]}x{rgb.shape[0]} but its "
-                             f"CameraInfo says {intr.width}x{intr.height}")
-        if depth.shape != rgb.shape[:2]:
-            raise InputError("size_mismatch", f"depth {depth.shape[1]}x{depth.shape[0]} is not aligned to "
-                             f"colour {rgb.shape[1]}x{rgb.shape[0]} (subscribe to aligned_depth_to_color)")
-        di = self._depth_info
-        if di is not None and (di.width, di.height) != (depth_msg.width, depth_msg.height):
-            raise InputError("size_mismatch", f"depth CameraInfo {di.width}x{di.height} does not match the "
-                             f"depth image {depth_msg.width}x{depth_msg.height}")
-        if not np.isfinite(depth).any():
-            raise InputError("empty_depth", "the depth image has no valid pixel (all 0 / NaN)")
-        return rgb, depth, intr
-
-    def process(self, color_msg: Image, depth_msg: Image, info_msg: CameraInfo) -> Optional[FaceLandmarks]:
-        """Landmarks of one frame set, published and returned (None: dropped or no face)."""
+    def process(self, color_msg: Image, depth_msg: Image, info_msg: CameraInfo) -> Optional[Landmarks]:
+        """Landmarks of one frame set, published and returned as arrays (None: dropped or no face)."""
         try:
             return self._process(color_msg, depth_msg, info_msg)
-        except InputError as exc:
+        except FrameDropped as exc:
             self._drop(exc.reason, str(exc))
         except Exception as exc:  # noqa: BLE001 - never let one frame take the node down
             self._drop("internal_error", f"{type(exc).__name__}: {exc}")
         return None
 
     def _process(self, color_msg, depth_msg, info_msg):
-        p = self.params.config
         t0 = time.perf_counter()
-        rgb, depth, intr = self.decode(color_msg, depth_msg, info_msg)
-        t1 = time.perf_counter()
-        faces = self.face_mesh.process(rgb)
-        t2 = time.perf_counter()
-        self.times.add("decode", t1 - t0)
-        self.times.add("face_mesh", t2 - t1)
-        if not faces:
+        di = self._depth_info
+        res, payload = landmarks_from_messages(self.pipeline, color_msg, depth_msg, info_msg,
+                                               None if di is None else (di.width, di.height))
+        if payload is not None:
+            t1 = time.perf_counter()
+            self.pub.publish(payload)
+            res.timings_s["publish"] = time.perf_counter() - t1
+        for stage, seconds in res.timings_s.items():
+            self.times.add(stage, seconds)
+        lm = res.landmarks
+        if lm is None:
             self.counters.add("no_face")
             self.rate_no_face.tick()
             return None
-        face = faces[select_face(faces, p.face_selection, depth)]
-        points, valid = lift_landmarks(face.uv, depth, intr, self.lifting)
-        t3 = time.perf_counter()
-        msg = landmarks_msg(color_msg.header, intr, face, points, valid)
-        self.pub.publish(msg)
-        t4 = time.perf_counter()
-        self.times.add("lifting", t3 - t2)
-        self.times.add("message", t4 - t3)
-        self.times.add("total", t4 - t0)
+        self.times.add("total", time.perf_counter() - t0)
         self.counters.add("faces_out")
-        self.counters.add("landmarks_valid", int(valid.sum()))
+        self.counters.add("landmarks_valid", int(lm.valid.sum()))
         self.rate_out.tick()
-        if p.publish_debug_image:
-            debug = draw_landmarks(rgb, face.uv, valid)
+        if self.params.config.publish_debug_image:
+            debug = draw_landmarks(res.rgb, lm.uv, lm.valid)
             self.debug_pub.publish(to_image_msg(debug, "rgb8", color_msg.header))
-        return msg
+        return lm
 
     # ---- diagnostics ---------------------------------------------------------------------------
     def diagnostic_status(self):
@@ -299,26 +293,10 @@ class LandmarksNode(Node):
 
     def destroy_node(self):
         # Also called on a node whose constructor raised (rclpy.shutdown destroys every node
-        # the context tracks): face_mesh may not exist yet.
-        if getattr(self, "face_mesh", None) is not None:
-            self.face_mesh.close()
+        # the context tracks): the pipeline may not exist yet.
+        if getattr(self, "pipeline", None) is not None:
+            self.pipeline.close()
         return super().destroy_node()
-
-
-def landmarks_msg(header, intr, face, points: np.ndarray, valid: np.ndarray) -> FaceLandmarks:
-    """The FaceLandmarks message of one face (``points`` (478, 3) m, NaN rows where not ``valid``)."""
-    msg = FaceLandmarks()
-    msg.header = header
-    msg.image_width, msg.image_height = intr.width, intr.height
-    msg.u = face.uv[:, 0].astype(np.float32).tolist()
-    msg.v = face.uv[:, 1].astype(np.float32).tolist()
-    msg.points = [Point(x=x, y=y, z=z) if ok else _NAN_POINT
-                  for (x, y, z), ok in zip(points.tolist(), valid.tolist())]
-    msg.valid = valid.tolist()
-    msg.presence = float(face.presence)
-    x, y, w, h = face.bbox
-    msg.bbox = RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h)
-    return msg
 
 
 def draw_landmarks(rgb: np.ndarray, uv: np.ndarray, valid: np.ndarray) -> np.ndarray:

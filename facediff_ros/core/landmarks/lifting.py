@@ -25,6 +25,8 @@ is the back-projection of the exact (u, v) at the window's depth.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -77,83 +79,167 @@ class LiftingConfig:
                              f"{self.min_depth_m}, {self.max_depth_m}")
 
 
-def sample_depth(uv: np.ndarray, depth_m: np.ndarray,
+# Stand-in for "no sample" in the sorted windows: beyond any depth in any unit (uint16 mm tops out
+# at 65535), finite so that the gaps between two of them are 0 (inf - inf would be NaN and warn).
+_NO_SAMPLE = 1e12
+# The same for uint16 millimetres (usable while the depth range ends more than a gap below it).
+_U16_NO_SAMPLE = 65535
+_TINY = float(np.nextafter(0.0, 1.0))  # the smallest positive float
+
+
+def depth_unit_m(depth: np.ndarray) -> float:
+    """Metres per unit of a depth image: 0.001 for uint16 millimetres, 1.0 for float metres.
+
+    :raises ValueError: any other dtype.
+    """
+    if depth.dtype == np.uint16:
+        return 0.001
+    if np.issubdtype(depth.dtype, np.floating):
+        return 1.0
+    raise ValueError(f"depth: expected uint16 millimetres or float metres, got {depth.dtype}")
+
+
+def sample_depth(uv: np.ndarray, depth: np.ndarray,
                  config: LiftingConfig = LiftingConfig()) -> Tuple[np.ndarray, np.ndarray]:
     """Robust depth (m) at each landmark: the median of the nearest well-populated cluster.
 
+    Only the (2r+1)^2 windows are read, in the image's own units (thresholds are converted, not
+    the image): converting a whole 640x480 depth image to metres cost more than this function.
+
     :param uv: (N, 2) pixel coordinates (u = column, v = row).
-    :param depth_m: (H, W) float depth in metres, NaN / 0 / out-of-range = no measurement.
+    :param depth: (H, W) depth image: uint16 millimetres (0 = no measurement, as 16UC1) or float
+        metres (NaN / inf / <= 0 = no measurement, as 32FC1); samples outside
+        [min_depth_m, max_depth_m] are no measurement either.
     :returns: ``z`` (N,) float64 metres (NaN where invalid) and ``valid`` (N,) bool.
     """
     uv = np.asarray(uv, dtype=np.float64)
-    depth_m = np.asarray(depth_m)
+    depth = np.asarray(depth)
     if uv.ndim != 2 or uv.shape[1] != 2:
         raise ValueError(f"uv: expected shape (N, 2), got {uv.shape}")
-    if depth_m.ndim != 2 or not np.issubdtype(depth_m.dtype, np.floating):
-        raise ValueError(f"depth_m: expected a (H, W) float array in metres, got {depth_m.dtype} "
-                         f"{depth_m.shape}")
+    if depth.ndim != 2:
+        raise ValueError(f"depth: expected a (H, W) image, got shape {depth.shape}")
+    unit = depth_unit_m(depth)
     n = uv.shape[0]
-    h, w = depth_m.shape
+    h, w = depth.shape
     r = int(config.window_radius_px)
-    finite = np.isfinite(uv).all(axis=1)
-    centre = np.where(finite[:, None], np.rint(uv), -10 * (r + 1)).astype(np.int64)  # (N, 2) u, v
-    offsets = np.arange(-r, r + 1)
-    du, dv = np.meshgrid(offsets, offsets)  # (S, S) each
-    cols = centre[:, 0:1] + du.reshape(1, -1)  # (N, K), K = S * S
-    rows = centre[:, 1:2] + dv.reshape(1, -1)  # (N, K)
-    inside = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)
-    samples = np.full(cols.shape, np.nan)
-    samples[inside] = depth_m[rows[inside], cols[inside]]
-    with np.errstate(invalid="ignore"):
-        ok = np.isfinite(samples) & (samples >= config.min_depth_m) & (samples <= config.max_depth_m)
-    samples = np.where(ok, samples, np.inf)
+    k = (2 * r + 1) ** 2
+    # Thresholds in the image's units. The lower bound is never below the smallest positive
+    # value, so 0 (16UC1 "no data"), negative and NaN samples all fail ``>= lo``.
+    lo = max(config.min_depth_m / unit, _TINY)
+    hi = config.max_depth_m / unit
+    gap = config.cluster_gap_m / unit
+    spread = config.max_cluster_spread_m / unit
 
-    s = np.sort(samples, axis=1)  # (N, K), invalid (inf) last
-    k = s.shape[1]
-    nvalid = ok.sum(axis=1)
-    with np.errstate(invalid="ignore"):  # inf - inf between invalid samples: NaN, no gap
-        gap = np.diff(s, axis=1) > config.cluster_gap_m  # (N, K-1); inf - finite is a gap
-    label = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(gap, axis=1)], axis=1)  # (N, K)
-    is_valid_rank = np.arange(k)[None, :] < nvalid[:, None]
-    # Per row, the size of each cluster (labels 0..K-1, nearest first); invalid ranks go to a
-    # spare bin K.
-    flat = np.where(is_valid_rank, label, k) + (k + 1) * np.arange(n)[:, None]
-    sizes = np.bincount(flat.reshape(-1), minlength=n * (k + 1)).reshape(n, k + 1)[:, :k]  # (N, K)
-    surface = sizes > config.max_speckle_samples
-    has = surface.any(axis=1)
-    chosen = np.argmax(surface, axis=1)  # the nearest non-speckle cluster
-    has &= sizes[np.arange(n), chosen] >= config.min_cluster_samples
-    # The chosen cluster is a contiguous run of the sorted samples: [start, start + size).
-    size = np.where(has, sizes[np.arange(n), chosen], 1)
-    start = np.argmax(label == chosen[:, None], axis=1)
-    rowi = np.arange(n)
-    lo = s[rowi, start]
-    hi = s[rowi, start + size - 1]
-    z = 0.5 * (s[rowi, start + (size - 1) // 2] + s[rowi, start + size // 2])  # median
-    valid = has & finite
-    with np.errstate(invalid="ignore"):
-        valid &= (hi - lo) <= config.max_cluster_spread_m
-    z = np.where(valid, z, np.nan)
+    finite = np.isfinite(uv).all(axis=1)
+    all_finite = bool(finite.all())
+    centre = np.rint(uv if all_finite else np.where(finite[:, None], uv, -10.0 * (r + 1))).astype(np.int64)
+    du, dv = _window(r)
+    lo_c, hi_c = centre.min(axis=0), centre.max(axis=0)  # (u, v) each
+    if lo_c[0] >= r and lo_c[1] >= r and hi_c[0] < w - r and hi_c[1] < h - r:
+        inside = None  # every window lies inside the image (the usual case: no mask needed)
+        rows, cols = centre[:, 1:2] + dv, centre[:, 0:1] + du  # (N, K), K = (2r+1)^2 row-major
+    else:
+        rows, cols = centre[:, 1:2] + dv, centre[:, 0:1] + du
+        # Negative indices wrap to huge unsigned ones: one comparison per axis finds both borders.
+        inside = (rows.view(np.uint64) < h) & (cols.view(np.uint64) < w)
+        rows, cols = np.where(inside, rows, 0), np.where(inside, cols, 0)
+    if depth.flags.c_contiguous:
+        raw = depth.reshape(-1).take(rows * w + cols)  # one flat gather: ~3x faster than depth[rows, cols]
+    else:  # rows with padding (a sensor_msgs/Image step beyond width): no copy of the image
+        raw = depth[rows, cols]
+    lo_i, hi_i = math.ceil(lo), math.floor(hi)
+    if depth.dtype == np.uint16 and lo_i <= hi_i and hi_i + gap < _U16_NO_SAMPLE:
+        # Millimetres stay integers: exact comparisons, and uint16 sorts faster than float64.
+        # d in [lo, hi] <=> (d - lo) mod 2^16 <= hi - lo (below lo wraps to a large value).
+        ok = (raw - np.uint16(lo_i)) <= np.uint16(hi_i - lo_i)
+        no_sample = _U16_NO_SAMPLE
+        # For integer samples "step > gap" is "step > floor(gap)", likewise for the spread.
+        gap, spread = math.floor(gap), math.floor(spread)
+    else:
+        raw = raw.astype(np.float64)
+        with np.errstate(invalid="ignore"):  # NaN samples compare False: not valid, no warning wanted
+            ok = (raw >= lo) & (raw <= hi)
+        no_sample = _NO_SAMPLE
+    if inside is not None:
+        ok &= inside
+    s = np.where(ok, raw, raw.dtype.type(no_sample))
+    s.sort(axis=1)  # (N, K): each window's valid samples nearest first, then the no-sample entries
+    nvalid = np.count_nonzero(ok, axis=1)
+
+    # Clusters are runs of the sorted samples without a step > gap. Runs are numbered by a
+    # cumulative count of run starts over the flattened (N * K) ranks -- each row's rank 0 and
+    # every step -- so the numbers increase along the flattened array and each run is one
+    # contiguous stretch of it. The no-sample entries form runs of their own: the step to them
+    # is larger than any gap.
+    step = np.empty((n, k), bool)
+    step[:, 0] = True
+    np.greater(s[:, 1:] - s[:, :-1], gap, out=step[:, 1:])
+    run = np.cumsum(step, axis=None)  # (N * K,)
+    run2 = run.reshape(n, k)
+    # The surface is the nearest run of more than max_speckle_samples valid samples: its first
+    # rank j is the smallest with ranks j and j + sp in one run and j + sp valid.
+    sp = int(config.max_speckle_samples)
+    surface = run2[:, sp:] == run2[:, :k - sp]
+    surface &= _ranks(k - sp) < (nvalid - sp)[:, None]
+    start = np.argmax(surface, axis=1)  # 0 where there is none (then surface[start] is False)
+    first = _ranks(n) * k + start  # flat index of the run's first sample
+    has = surface.reshape(-1)[_ranks(n) * (k - sp) + start]
+    size = np.searchsorted(run, run[first], side="right") - first  # the run's length
+    # Spread (last - first sample) and median (mean of the middle two; the same one twice when
+    # the size is odd) of the run; s is sorted.
+    flat_s = s.reshape(-1)
+    lo_s, hi_s = flat_s[first], flat_s[first + size - 1]
+    mid = first + (size - 1) // 2
+    m1, m2 = flat_s[mid], flat_s[mid + (size + 1) % 2]
+    valid = has & (size >= config.min_cluster_samples) & (hi_s - lo_s <= spread)
+    if not all_finite:
+        valid &= finite
+    z = np.where(valid, (m1 + m2.astype(np.float64)) * (0.5 * unit), np.nan)  # the run's median, m
     return z, valid
 
 
-def lift_landmarks(uv: np.ndarray, depth_m: np.ndarray, intr: Intrinsics,
+@functools.lru_cache(maxsize=16)
+def _ranks(n: int) -> np.ndarray:
+    """``np.arange(n)``, cached (per-frame path); read-only."""
+    a = np.arange(n)
+    a.flags.writeable = False
+    return a
+
+
+@functools.lru_cache(maxsize=8)
+def _window(r: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(1, K) column and row offsets of a (2r+1)^2 window, row-major (cached: per-frame path)."""
+    offsets = np.arange(-r, r + 1)
+    du, dv = np.meshgrid(offsets, offsets)
+    return du.reshape(1, -1), dv.reshape(1, -1)
+
+
+def lift_landmarks(uv: np.ndarray, depth: np.ndarray, intr: Intrinsics,
                    config: LiftingConfig = LiftingConfig()) -> Tuple[np.ndarray, np.ndarray]:
-    """Landmarks (u, v) px + aligned depth (m) -> 3D points (m) in the camera optical frame.
+    """Landmarks (u, v) px + aligned depth -> 3D points (m) in the camera optical frame.
 
     :param uv: (N, 2) pixel coordinates in the colour image (u right, v down, pixel centres at
         integers).
-    :param depth_m: (H, W) depth in metres aligned to the colour image (NaN / 0 = invalid); its
-        shape must be ``intr.shape``.
+    :param depth: (H, W) depth aligned to the colour image, uint16 millimetres or float metres
+        (see :func:`sample_depth`); its shape must be ``intr.shape``.
     :param intr: the colour camera's intrinsics.
     :returns: ``points`` (N, 3) float64 metres, NaN rows where invalid, and ``valid`` (N,) bool.
+        A valid point is always finite: a back-projection that overflows (absurd intrinsics) is
+        marked invalid rather than published as inf.
     """
-    depth_m = np.asarray(depth_m)
-    if depth_m.shape != intr.shape:
-        raise ValueError(f"depth_m: shape {depth_m.shape} does not match the intrinsics' "
+    depth = np.asarray(depth)
+    if depth.shape != intr.shape:
+        raise ValueError(f"depth: shape {depth.shape} does not match the intrinsics' "
                          f"(height, width) {intr.shape}")
-    z, valid = sample_depth(uv, depth_m, config)
+    z, valid = sample_depth(uv, depth, config)
     uv = np.asarray(uv, dtype=np.float64)
-    points = intr.backproject(uv[:, 0], uv[:, 1], z)  # (N, 3); NaN where z is NaN
-    points[~valid] = np.nan
+    # Intrinsics.backproject, written into one array (fewer numpy calls on this per-frame path).
+    points = np.empty((uv.shape[0], 3))
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.multiply(uv - (intr.cx, intr.cy), z[:, None] / (intr.fx, intr.fy), out=points[:, :2])
+    points[:, 2] = z  # NaN where invalid
+    finite = np.isfinite(points).all(axis=1)
+    if not finite[valid].all():
+        valid &= finite  # an overflow (absurd intrinsics) is no measurement
+        points[~valid] = np.nan
     return points, valid
