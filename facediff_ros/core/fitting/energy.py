@@ -63,6 +63,16 @@ class LinearPoints:
     identity: np.ndarray
     expression: np.ndarray
 
+    @property
+    def expression_pm(self) -> np.ndarray:
+        """(P, 3, E) point-major copy of the expression basis (made once): rows of a Jacobian are
+        then one batched matrix product per term, ~2x faster than three broadcasts."""
+        pm = self.__dict__.get("_expression_pm")
+        if pm is None:
+            pm = np.ascontiguousarray(self.expression.transpose(1, 0, 2))
+            object.__setattr__(self, "_expression_pm", pm)
+        return pm
+
     def at(self, alpha: Optional[np.ndarray], beta: Optional[np.ndarray]) -> np.ndarray:
         """(P, 3) float64 model-frame points for the given coefficients (None: zeros)."""
         out = self.mean
@@ -335,9 +345,7 @@ def _fill_rows(J: np.ndarray, row0: int, G: np.ndarray, y: np.ndarray, R: np.nda
     Jv[:, :, 0:3] = _cross(y[:, None, :], G)
     Jv[:, :, 3:6] = G
     M = (G.reshape(-1, 3) @ R).reshape(P, r, 3).astype(np.float32)  # (P, r, 3) model-frame rows
-    B = lin.expression[:, idx]  # (3, P, E)
-    Jv[:, :, 6:6 + E] = (M[:, :, 0:1] * B[0][:, None] + M[:, :, 1:2] * B[1][:, None]
-                         + M[:, :, 2:3] * B[2][:, None])
+    Jv[:, :, 6:6 + E] = np.matmul(M, lin.expression_pm[idx])  # (P, r, 3) @ (P, 3, E)
     if with_identity:
         A = lin.identity[:, idx]  # (3, P, K)
         Jv[:, :, 6 + E:] = (M[:, :, 0:1] * A[0][:, None] + M[:, :, 1:2] * A[1][:, None]

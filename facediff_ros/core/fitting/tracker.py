@@ -24,7 +24,9 @@ Per frame (:meth:`FaceTracker.update`):
    test**: on refinement frames the frame's own MAP identity (N(0, 1) prior, no lock) is compared
    with the locked one as the RMS distance of the dense face vertices of the two neutral shapes;
    ``identity_switch_checks`` checks in a row above ``identity_switch_mm`` unlock the identity.
-   The test needs metric data (depth or 3D landmarks); colour-only frames skip it.
+   The test needs the dense depth term: a single frame's identity from landmarks alone (3D or
+   2D) scatters too much (a held-out landmarks-only sequence unlocked a correct identity), so
+   frames without depth skip it.
 
 **Colour only** (no depth image and no valid 3D landmark): 2D reprojection + priors. A 2D fit
 cannot tell a larger head further away from a smaller one nearer: the identity prior (N(0, 1))
@@ -284,7 +286,7 @@ class FaceTracker:
         self._last = state
         self._lost_run = 0
         t1 = time.perf_counter()
-        self._identity_step(obs, state, quality, terms)
+        self._identity_step(obs, state, quality, terms, stats.get("n_depth", 0) > 0)
         timings["identity"] = 1e3 * (time.perf_counter() - t1)
         timings["total"] = 1e3 * (time.perf_counter() - t0)
         used = tuple(name for name, key in (("landmarks_3d", "n_3d"), ("landmarks_2d", "n_2d"),
@@ -378,7 +380,8 @@ class FaceTracker:
             return float(stats["rms_2d_px"] * state.t[2] / f)
         return float("nan")
 
-    def _identity_step(self, obs: Observation, state: FrameState, quality: float, terms: Terms) -> None:
+    def _identity_step(self, obs: Observation, state: FrameState, quality: float, terms: Terms,
+                       has_depth: bool) -> None:
         """Collect frames and lock the identity, or refine a locked one and run the switch test."""
         c = self.config
         if quality < c.good_quality:
@@ -413,8 +416,7 @@ class FaceTracker:
         S, b = schur_identity(H, g, 1, 6 + self.basis.num_expression)
         lam = c.priors.identity
         K = self.basis.num_identity
-        metric = terms.depth or terms.landmarks_3d
-        if metric:
+        if has_depth:
             own = self.alpha + np.linalg.solve(S + lam * np.eye(K), -(b + lam * self.alpha))
             d = self.basis.dense.identity @ (own - self.alpha).astype(np.float32)  # (3, D) metres
             dist = float(np.sqrt((d.astype(np.float64) ** 2).sum(0).mean()) * 1e3)
