@@ -28,6 +28,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from facediff_ros.core import images
+
 NUM_LANDMARKS = 478  # refine_landmarks: 468 mesh points + 10 iris points
 NUM_MESH_LANDMARKS = 468  # 0-467 on the skin
 IRIS = np.arange(468, 478)  # the refined iris points: 468-472 one eye, 473-477 the other
@@ -196,12 +198,15 @@ class FaceMesh:
     def process(self, rgb: np.ndarray) -> List[DetectedFace]:
         """Faces in an (H, W, 3) uint8 RGB image, in MediaPipe's order (possibly empty).
 
-        :raises ValueError: not an (H, W, 3) uint8 array.
+        :raises ValueError: not an (H, W, 3) uint8 array, or an empty one.
+        :raises facediff_ros.core.images.ImageTooLarge: a size that would abort the process inside
+            MediaPipe's OpenCV (see :func:`facediff_ros.core.images.check_image_size`).
         """
         rgb = np.asarray(rgb)
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"rgb: expected an (H, W, 3) uint8 RGB image, got {rgb.dtype} {rgb.shape}")
         h, w = rgb.shape[:2]
+        images.check_image_size(h, w, "rgb")  # an abort is not an exception: refuse it here
         landmarks, face_detections = self._run(np.ascontiguousarray(rgb))
         detections = []
         for det in face_detections:
