@@ -184,6 +184,9 @@ class FaceBasis:
                                    pa.expression - pb.expression)
         self._edge2 = LinearPoints(pc.mean - pd.mean, pc.identity - pd.identity,
                                    pc.expression - pd.expression)
+        sets = (self.dense, self._edge1, self._edge2)
+        self._dense_stack_expr = np.ascontiguousarray(np.concatenate(
+            [lp.expression.reshape(-1, self.num_expression) for lp in sets]))  # (3 sets * 3 * D, E)
         self._alpha_key: Optional[bytes] = None
 
     @property
@@ -194,9 +197,10 @@ class FaceBasis:
         key = np.asarray(alpha, np.float64).tobytes()
         if key != self._alpha_key:  # the identity is folded in once per identity, not per frame
             self._lm_mean = self.landmarks.at(alpha, None)  # (L, 3)
-            self._dense_mean = self.dense.at(alpha, None)  # (D, 3)
-            self._e1_mean = self._edge1.at(alpha, None)  # (D, 3)
-            self._e2_mean = self._edge2.at(alpha, None)
+            # Positions and the two normal edges of the dense vertices, component-major:
+            # (3 sets, 3, D) means and one (9 D, E) expression matrix -> one GEMV per evaluation.
+            self._dense_stack_mean = np.stack([lp.at(alpha, None).T
+                                               for lp in (self.dense, self._edge1, self._edge2)])
             self._alpha_key = key
 
     def landmark_points(self, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
@@ -208,11 +212,11 @@ class FaceBasis:
         """Model-frame positions (D, 3) and unit outward normals (D, 3) of the dense vertices."""
         self._fold(alpha)
         beta32 = np.asarray(beta, np.float32)
-        X = self._dense_mean + (self.dense.expression @ beta32).T  # (D, 3)
-        e1 = self._e1_mean + (self._edge1.expression @ beta32).T  # (D, 3)
-        e2 = self._e2_mean + (self._edge2.expression @ beta32).T
+        D = self.num_dense
+        st = self._dense_stack_mean + (self._dense_stack_expr @ beta32).reshape(3, 3, D)  # (3 sets, 3, D)
+        X, e1, e2 = st[0].T, st[1].T, st[2].T  # (D, 3) each
         n = _cross(e1, e2)
-        return X, n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+        return X, n / np.maximum(np.sqrt((n * n).sum(1))[:, None], 1e-12)
 
 
 @dataclass(frozen=True)
