@@ -144,3 +144,8 @@ def test_landmarks_arrays_refuse_inconsistent_shapes_and_values():
         Landmarks(lm.uv, lm.points, lm.valid, 1.5, lm.bbox, 640, 480)
     with pytest.raises(ValueError, match="bbox"):
         Landmarks(lm.uv, lm.points, lm.valid, 0.5, (1, 2, 3), 640, 480)
+
+
+def test_the_message_and_the_core_agree_on_the_number_of_landmarks():
+    from facediff_ros.core.landmarks.face_mesh import NUM_LANDMARKS
+    assert FaceLandmarks.NUM_LANDMARKS == NUM_LANDMARKS == N

@@ -197,3 +197,33 @@ def test_cli_demo_passes_its_options_and_returns_the_demos_code(monkeypatch):
     assert cli.main(["demo", "--frames", "12", "--duration", "5"]) == 1
     assert cli.main(["demo"]) == 1
     assert calls == [(5.0, 12), (None, None)]
+
+
+def test_cli_bench_landmarks_writes_the_ratio_json(tmp_path, capsys):
+    """`facediff bench landmarks --json OUT` on a short 640x480 actor recording (3 frames, 1 loop)."""
+    pytest.importorskip("rclpy")
+    import json
+
+    from facediff_ros import cli
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "landmarks", "--json", str(out), "--frames", "3", "--loops", "1"]) == 0
+    res = json.loads(out.read_text())
+    assert (res["width"], res["height"]) == (640, 480)
+    assert res["landmarks_ms"] > 0 and res["raw_mediapipe_ms"] > 0
+    assert res["ratio"] == pytest.approx(res["landmarks_ms"] / res["raw_mediapipe_ms"])
+    assert res["timed_per_side"] == 2  # 3 frames, the first one not timed
+    assert res["frames_with_face"] == {"landmarks": 2, "raw_mediapipe": 2}
+    assert set(res["landmarks_stage_median_ms"]) == {"decode", "face_mesh", "lifting", "message"}
+    assert f"ratio {res['ratio']:.2f}" in capsys.readouterr().out
+
+
+def test_cli_bench_without_a_target_runs_every_benchmark_and_refuses_json(monkeypatch, capsys):
+    import subprocess
+
+    from facediff_ros import cli
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda argv: calls.append(argv[-1]) or 0)
+    assert cli.main(["bench"]) == 0
+    assert calls == list(cli.BENCHMARKS.values()) and "facediff_ros.bench.landmarks_bench" in calls
+    assert cli.main(["bench", "--json", "x.json"]) == 2
+    assert "needs a target" in capsys.readouterr().err
