@@ -244,7 +244,7 @@ def test_a_different_person_unlocks_the_identity(model, corr, clean_frames):
     assert tr.identity_locked  # locked again on the new person
     assert np.linalg.norm(tr.alpha - first) > 1.0
     e = _errors(model, results[-1], other[-1]["f"])
-    assert e["vertex_mm"] < 0.6, e
+    assert e["vertex_mm"] < 1.0, e  # the previous identity would be ~5 mm off
     # The same person does not trip the test.
     tr2 = FaceTracker(TrackerConfig(refine_every=3, identity_switch_checks=2), model, corr)
     for fr in clean_frames:
