@@ -102,17 +102,27 @@ def test_pipeline_config_refuses_an_unknown_face_selection():
 
 # ---- a rendered face, end to end ----------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def face_frame(model):
-    """A 640x480 render of the neutral model 0.6 m away: colour, depth (uint16 mm) and intrinsics."""
+def render_face(model, intr, distance_m=0.6):
+    """The neutral model facing the camera, grey-shaded on a grey background, as a camera gives it.
+
+    :returns: colour (H, W, 3) uint8 RGB, depth (H, W) uint16 mm (the background wall at 1.5 m)
+        and the renderer's buffers (``depth`` in m, ``mask``). Shared with the node tests.
+    """
     from facediff_ros.core.face.morphable_model import transform
     from facediff_ros.core.render.renderer import Renderer
-    intr = Intrinsics.from_fov(640, 480, 69.0)
     tris, _, _ = model.triangles()
-    v = transform(model.vertices(), np.eye(3), (0.0, 0.0, 0.6))
+    v = transform(model.vertices(), np.eye(3), (0.0, 0.0, distance_m))
     buf = Renderer(intr).render(v, tris, vertex_colors=np.full((len(v), 3), 0.8))
     color = (np.clip(np.where(buf.mask[..., None], buf.color, 0.45), 0, 1) * 255).astype(np.uint8)
     depth = np.where(buf.mask, np.rint(buf.depth * 1000), 1500).astype(np.uint16)
+    return color, depth, buf
+
+
+@pytest.fixture(scope="module")
+def face_frame(model):
+    """A 640x480 render of the neutral model 0.6 m away: colour, depth (uint16 mm), intrinsics, buffers."""
+    intr = Intrinsics.from_fov(640, 480, 69.0)
+    color, depth, buf = render_face(model, intr)
     return color, depth, intr, buf
 
 

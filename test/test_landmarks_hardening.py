@@ -41,21 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FACE_INTR = Intrinsics.from_fov(320, 240, 69.0)  # small frames: well inside DDS's best-effort sizes
 
 
-def _render_face(model, intr, distance_m=0.45):
-    """Colour (uint8 RGB) and depth (uint16 mm, background 1.5 m) of the neutral model facing the camera."""
-    from facediff_ros.core.face.morphable_model import transform
-    from facediff_ros.core.render.renderer import Renderer
-    tris, _, _ = model.triangles()
-    v = transform(model.vertices(), np.eye(3), (0.0, 0.0, distance_m))
-    buf = Renderer(intr).render(v, tris, vertex_colors=np.full((len(v), 3), 0.8))
-    color = (np.clip(np.where(buf.mask[..., None], buf.color, 0.45), 0, 1) * 255).astype(np.uint8)
-    depth = np.where(buf.mask, np.rint(buf.depth * 1000), 1500).astype(np.uint16)
-    return color, depth
-
-
 @pytest.fixture(scope="module")
 def face(model):
-    return _render_face(model, FACE_INTR)
+    """Colour and depth (uint16 mm) of the neutral model 0.45 m away, 320x240."""
+    from test_landmark_pipeline import render_face
+    return render_face(model, FACE_INTR, distance_m=0.45)[:2]
 
 
 def _header(sec, frame_id="camera_color_optical_frame"):

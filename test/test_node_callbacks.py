@@ -138,25 +138,15 @@ def test_landmarks_depth_camera_info_must_match_depth_size(landmarks):
     assert landmarks.counters["drop_size_mismatch"] == 1
 
 
-def _rendered_face(model, intr, distance_m=0.6):
-    """Colour (uint8 RGB) and depth (uint16 mm, background 1.5 m) of the neutral model facing the camera."""
-    from facediff_ros.core.face.morphable_model import transform
-    from facediff_ros.core.render.renderer import Renderer
-    tris, _, _ = model.triangles()
-    v = transform(model.vertices(), np.eye(3), (0.0, 0.0, distance_m))
-    buf = Renderer(intr).render(v, tris, vertex_colors=np.full((len(v), 3), 0.8))
-    color = (np.clip(np.where(buf.mask[..., None], buf.color, 0.45), 0, 1) * 255).astype(np.uint8)
-    depth = np.where(buf.mask, np.rint(buf.depth * 1000), 1500).astype(np.uint16)
-    return color, depth, buf
-
-
 def test_landmarks_on_a_rendered_face_publishes_valid_landmarks(landmarks, model):
     from rclpy.serialization import deserialize_message
+
+    from test_landmark_pipeline import render_face
 
     from facediff_ros.adapters.landmarks import from_msg
     from facediff_ros.msg import FaceLandmarks
     intr = Intrinsics.from_fov(640, 480, 69.0)
-    color, depth, buf = _rendered_face(model, intr)
+    color, depth, buf = render_face(model, intr)
     h = _header(7)
     landmarks.pub = _Recorder()
     out = landmarks.process(to_image_msg(color, "rgb8", h), to_image_msg(depth, "16UC1", h),

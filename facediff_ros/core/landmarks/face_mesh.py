@@ -23,6 +23,7 @@ Conventions (measured, see below):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
@@ -81,16 +82,17 @@ def landmarks_bbox(uv: np.ndarray, width: int, height: int) -> Tuple[int, int, i
     is finite.
     """
     uv = np.asarray(uv)
-    lo, hi = uv.min(axis=0), uv.max(axis=0)  # NaN if any landmark is NaN
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+    # min/max are NaN when any landmark is: then only the finite ones count.
+    (u0, v0), (u1, v1) = uv.min(axis=0).tolist(), uv.max(axis=0).tolist()
+    if not all(math.isfinite(a) for a in (u0, v0, u1, v1)):
         uv = uv[np.isfinite(uv).all(axis=1)]
         if not uv.size:
             return (0, 0, 0, 0)
-        lo, hi = uv.min(axis=0), uv.max(axis=0)
+        (u0, v0), (u1, v1) = uv.min(axis=0).tolist(), uv.max(axis=0).tolist()
     # The extremes' pixels (round half to even, as np.rint), clipped to the image; in Python
     # floats: a handful of numpy calls on 2-element arrays cost more than the whole box.
-    x0, x1 = (min(max(round(float(a)), 0), width - 1) for a in (lo[0], hi[0]))
-    y0, y1 = (min(max(round(float(a)), 0), height - 1) for a in (lo[1], hi[1]))
+    x0, x1 = (min(max(round(a), 0), width - 1) for a in (u0, u1))
+    y0, y1 = (min(max(round(a), 0), height - 1) for a in (v0, v1))
     return (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
 
 
@@ -256,7 +258,7 @@ class FaceMesh:
         best, best_iou = None, _BOX_MATCH_IOU
         for box, score in detections:
             iou = _iou(bbox, box)
-            if iou >= best_iou and np.isfinite(score):
+            if iou >= best_iou and math.isfinite(score):
                 best, best_iou = score, iou
         if best is None:
             for box, score in self._tracks:
@@ -265,7 +267,7 @@ class FaceMesh:
                     best, best_iou = score, iou
         if best is None:
             best = self.config.min_detection_confidence
-        return float(np.clip(best, 0.0, 1.0))
+        return min(max(float(best), 0.0), 1.0)
 
     def reset(self) -> None:
         """Forget the tracking state (the next frame runs the detector)."""
