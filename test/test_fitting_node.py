@@ -168,3 +168,53 @@ def test_node_bad_input_is_counted_never_raised(context, actor_frames):
         assert node.counters["drop_size_mismatch"] == 1
     finally:
         node.destroy_node()
+
+
+def test_node_publishes_face_model_over_dds(context, actor_frames):
+    """Landmarks, depth and CameraInfo published over DDS (sensor-data QoS, as the landmark node and
+    the camera do) -> FaceModel and the mesh Marker received over DDS by another node."""
+    import time
+
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import CameraInfo, Image
+    from visualization_msgs.msg import Marker
+
+    from facediff_ros.adapters import topics
+    from facediff_ros.msg import FaceLandmarks, FaceModel
+    from facediff_ros.nodes.fitting import FittingNode
+    from facediff_ros.nodes.parameters import qos_profile
+    from facediff_ros.nodes.spin import spin_until
+
+    node = FittingNode(context=context)
+    peer = rclpy.create_node("fitting_peer", context=context)
+    ex = SingleThreadedExecutor(context=context)
+    ex.add_node(node)
+    ex.add_node(peer)
+    try:
+        qos = qos_profile("SENSOR_DATA")
+        cam = topics.camera_topics("camera", "camera")
+        pub_lm = peer.create_publisher(FaceLandmarks, topics.FACE_LANDMARKS, qos)
+        pub_depth = peer.create_publisher(Image, cam.depth, qos)
+        pub_info = peer.create_publisher(CameraInfo, cam.color_info, qos)
+        models, meshes = [], []
+        peer.create_subscription(FaceModel, topics.FACE_MODEL, models.append, qos)
+        peer.create_subscription(Marker, topics.FACE_MESH, meshes.append, qos)
+        pubs = (pub_lm, pub_depth, pub_info, node.pub, node.mesh_pub)
+        assert spin_until(ex, lambda: all(p.get_subscription_count() for p in pubs), time.monotonic() + 10.0)
+        for fr in actor_frames:
+            pub_info.publish(fr["info"])
+            pub_depth.publish(fr["depth"])
+            ex.spin_once(timeout_sec=0.01)
+            pub_lm.publish(fr["lm"])
+            spin_until(ex, lambda: False, time.monotonic() + 0.03)
+        assert spin_until(ex, lambda: len(models) >= len(actor_frames) - 3, time.monotonic() + 10.0), \
+            (len(models), node.counters.snapshot())
+        assert meshes and meshes[-1].type == Marker.TRIANGLE_LIST
+        last = models[-1]
+        assert last.identity_locked and last.header.frame_id == "camera_color_optical_frame"
+        f = next(fr["f"] for fr in actor_frames if fr["lm"].header.stamp.sec == last.header.stamp.sec)
+        assert np.linalg.norm(fm.from_msg(last).t - f.t) < 0.003
+    finally:
+        ex.shutdown()
+        peer.destroy_node()
+        node.destroy_node()
