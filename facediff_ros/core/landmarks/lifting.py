@@ -174,7 +174,7 @@ def sample_depth(uv: np.ndarray, depth: np.ndarray,
     step = np.empty((n, k), bool)
     step[:, 0] = True
     np.greater(s[:, 1:] - s[:, :-1], gap, out=step[:, 1:])
-    run = np.cumsum(step, axis=None)  # (N * K,)
+    run = np.cumsum(step, axis=None, dtype=np.int32)  # (N * K,); int32: less memory to touch
     run2 = run.reshape(n, k)
     # The surface is the nearest run of more than max_speckle_samples valid samples: its first
     # rank j is the smallest with ranks j and j + sp in one run and j + sp valid (sorted: all
@@ -183,8 +183,8 @@ def sample_depth(uv: np.ndarray, depth: np.ndarray,
     surface = run2[:, sp:] == run2[:, :k - sp]
     surface &= s[:, sp:] != no_sample
     start = np.argmax(surface, axis=1)  # 0 where there is none (then surface[start] is False)
-    first = _ranks(n) * k + start  # flat index of the run's first sample
-    has = surface.reshape(-1)[_ranks(n) * (k - sp) + start]
+    first = _ranks(n, k) + start  # flat index of the run's first sample
+    has = surface.reshape(-1)[_ranks(n, k - sp) + start]
     size = np.searchsorted(run, run[first], side="right") - first  # the run's length
     # Spread (last - first sample) and median (mean of the middle two; the same one twice when
     # the size is odd) of the run; s is sorted.
@@ -200,9 +200,9 @@ def sample_depth(uv: np.ndarray, depth: np.ndarray,
 
 
 @functools.lru_cache(maxsize=16)
-def _ranks(n: int) -> np.ndarray:
-    """``np.arange(n)``, cached (per-frame path); read-only."""
-    a = np.arange(n)
+def _ranks(n: int, step: int = 1) -> np.ndarray:
+    """``np.arange(n) * step`` (the flat index of each row's start), cached (per-frame path); read-only."""
+    a = np.arange(n) * step
     a.flags.writeable = False
     return a
 
