@@ -291,3 +291,17 @@ def test_subject_texture_recovers_the_albedo(model, tracker, clean_frames):
     assert not sub.add(img, lost, K)
     with pytest.raises(ValueError):
         SubjectTexture(model, size=256).texture()
+
+
+def test_targets_with_mediapipe_landmarks(model, corr, tracker):
+    """The whole per-frame path on a held-out actor: MediaPipe face mesh on the rendered colour,
+    the package's lifting on the noisy depth, then the tracker (fitting_eval's code, one short
+    sequence): the issue's accuracy targets after the identity lock."""
+    from facediff_ros.synthetic import fitting_eval as fe
+    actor = SyntheticActor(ActorConfig(seed=104, num_frames=40, keep_vertices=True), model)
+    inputs = fe.sequence_inputs(actor, corr, "mediapipe", 104)
+    res = fe.run_mode(tracker, inputs, "depth", model, model.vertex_ids(("face",)),
+                      model.vertex_ids(("narrow_face",)))
+    assert res["lost_frames"] == 0 and res["lock_frame"] <= 30 and res["frames_scored"] >= 15, res
+    assert res["vertex_error_mm"] <= 1.5 and res["expression_mae"] <= 0.08, res
+    assert res["rotation_deg"] <= 1.0 and res["translation_mm"] <= 2.0, res
