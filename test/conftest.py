@@ -18,3 +18,15 @@ def model():
     """The ICT-FaceKit morphable model from the set-up cache (loaded once per session)."""
     from facediff_ros.core.face.morphable_model import MorphableModel
     return MorphableModel.load()
+
+
+@pytest.fixture
+def context():
+    """A fresh rclpy context (package DDS profile set) for nodes built in this process."""
+    import rclpy
+    from facediff_ros.adapters.dds import configure_environment
+    configure_environment()
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    ctx.try_shutdown()

@@ -31,6 +31,7 @@ from facediff_ros.adapters.dds import configure_environment  # noqa: E402
 from facediff_ros.core.camera import Intrinsics  # noqa: E402
 from facediff_ros.core.capture import sources  # noqa: E402
 from facediff_ros.nodes.spin import EXIT_BAD_PARAMETERS, spin_until  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 INTR = Intrinsics.from_fov(160, 120, 69.0)
@@ -174,24 +175,6 @@ class _EndlessSource:
             self.closed += 1
 
 
-def _wait_for(cond, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
-
-
-@pytest.fixture
-def context():
-    configure_environment()
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    ctx.try_shutdown()
-
-
 def _capture(context, monkeypatch, src, *overrides):
     from facediff_ros.nodes import capture
     calls = []
@@ -219,17 +202,17 @@ def test_parameters_of_another_source_kind_do_not_reopen_the_source(
     src = _EndlessSource()
     node = _capture(context, monkeypatch, src, Parameter("source", value=source))
     try:
-        assert _wait_for(lambda: node.counters["frames"] >= 3), node.counters.snapshot()
+        assert wait_for(lambda: node.counters["frames"] >= 3), node.counters.snapshot()
         for name, value in ignored:
             assert node.set_parameters([Parameter(name, value=value)])[0].successful, name
             assert getattr(node.params.config, name) == value
             # A re-open would happen before the next read: frames after the change prove there was none.
             seen = node.counters["frames"]
-            assert _wait_for(lambda: node.counters["frames"] >= seen + 2)
+            assert wait_for(lambda: node.counters["frames"] >= seen + 2)
             assert src.opened == 1 and len(node.make_source_calls) == 1, f"{name} re-opened the {source}"
         name, value = applies
         assert node.set_parameters([Parameter(name, value=value)])[0].successful
-        assert _wait_for(lambda: src.opened == 2), f"{name} did not re-open the {source}"
+        assert wait_for(lambda: src.opened == 2), f"{name} did not re-open the {source}"
         assert src.closed >= 1 and getattr(node.make_source_calls[-1], name) == value
     finally:
         node.destroy_node()
@@ -264,22 +247,22 @@ def test_open_that_blocks_is_reported_stalled_abandoned_and_retried(context, mon
     timeout_s = 0.3
     node = _capture(context, monkeypatch, src, Parameter("timeout_s", value=timeout_s))
     try:
-        assert _wait_for(lambda: node.state == "opening", 2.0), node.state
+        assert wait_for(lambda: node.state == "opening", 2.0), node.state
         status = node.diagnostic_status()
         assert status.level == b"\x01" and "opening" in status.message
         opened_at = node._open_started  # monotonic time the open began
-        assert _wait_for(lambda: node.counters["error_open_timeout"] == 1, 5.0), node.counters.snapshot()
+        assert wait_for(lambda: node.counters["error_open_timeout"] == 1, 5.0), node.counters.snapshot()
         stalled_after = time.monotonic() - opened_at
         # Reported once the deadline passed, not long after (0.05 s polling + scheduling).
         assert timeout_s <= stalled_after < timeout_s + 0.5, stalled_after
         # The second open (not blocked) streams while the first is still stuck.
-        assert _wait_for(lambda: node.state == "streaming" and node.counters["frames"] >= 2), node.state
+        assert wait_for(lambda: node.state == "streaming" and node.counters["frames"] >= 2), node.state
         values = {v.key: v.value for v in node.diagnostic_status().values}
         assert values["opens_stuck"] == "1" and values["error_open_timeout"] == "1"
         assert src.closed == 0
         # The abandoned open returns at last: its source is closed, since nobody reads it.
         src.release.set()
-        assert _wait_for(lambda: src.closed == 1 and node._stuck_opens == 0), (src.closed, node._stuck_opens)
+        assert wait_for(lambda: src.closed == 1 and node._stuck_opens == 0), (src.closed, node._stuck_opens)
         assert node.counters["error_open_timeout"] == 1
     finally:
         src.release.set()
@@ -293,7 +276,7 @@ def test_opens_that_never_return_do_not_pile_up_threads(context, monkeypatch):
     node = _capture(context, monkeypatch, src, Parameter("timeout_s", value=0.1),
                     Parameter("retry_max_s", value=0.05))
     try:
-        assert _wait_for(lambda: node.counters["open_skipped_stuck"] >= 3), node.counters.snapshot()
+        assert wait_for(lambda: node.counters["open_skipped_stuck"] >= 3), node.counters.snapshot()
         assert src.open_calls == capture.MAX_STUCK_OPENS
         assert node.counters["error_open_timeout"] == capture.MAX_STUCK_OPENS
         assert node.state == "stalled"

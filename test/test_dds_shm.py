@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from facediff_ros.adapters import dds
+from waiting import wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHM = Path("/dev/shm")
@@ -105,21 +106,12 @@ def _start_capture(tmp_path, name):
     return proc
 
 
-def _wait_for(cond, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
 def test_segment_of_a_killed_capture_is_removed_at_the_next_start_and_a_live_one_is_kept(tmp_path):
     """No participant in this process: the killed capture is alone, as in the issue."""
     first = _start_capture(tmp_path, "first")
     second = None
     try:
-        assert _wait_for(lambda: "streaming from" in first.log_path.read_text(), 60.0), \
+        assert wait_for(lambda: "streaming from" in first.log_path.read_text(), 60.0), \
             first.log_path.read_text()[-3000:]
         (segment,) = _segments_of(first.pid)
         size = (SHM / segment).stat().st_size
@@ -134,7 +126,7 @@ def test_segment_of_a_killed_capture_is_removed_at_the_next_start_and_a_live_one
         if lock_age < 1.5:
             time.sleep(1.5 - lock_age)  # not an assertion: makes the stale file old enough
         second = _start_capture(tmp_path, "second")
-        assert _wait_for(lambda: "streaming from" in second.log_path.read_text(), 60.0), \
+        assert wait_for(lambda: "streaming from" in second.log_path.read_text(), 60.0), \
             second.log_path.read_text()[-3000:]
         assert not (SHM / segment).exists() and not (SHM / f"{segment}_el").exists()
         assert "shared-memory segment(s) of dead Fast DDS participants" in second.log_path.read_text()

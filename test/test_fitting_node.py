@@ -76,14 +76,6 @@ def test_mesh_marker_is_a_triangle_list(model):
 
 
 # ---- node ----------------------------------------------------------------------------------------
-@pytest.fixture
-def context():
-    from facediff_ros.adapters.dds import configure_environment
-    configure_environment()
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    ctx.try_shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Malformed input into both nodes, in-process: every bad message is a counted drop, never an exception."""
 
 import contextlib
-import time
 
 import numpy as np
 import pytest
@@ -13,18 +12,9 @@ from std_msgs.msg import Header  # noqa: E402
 from facediff_ros.adapters.images import to_camera_info_msg, to_image_msg  # noqa: E402
 from facediff_ros.core.capture import sources  # noqa: E402
 from facediff_ros.core.camera import Intrinsics  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 INTR = Intrinsics.from_fov(160, 120, 69.0)
-
-
-@pytest.fixture
-def context():
-    from facediff_ros.adapters.dds import configure_environment
-    configure_environment()
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    ctx.try_shutdown()
 
 
 def _header(sec=1, frame="camera_color_optical_frame"):
@@ -219,15 +209,6 @@ def _frame(color_shape=(120, 160), depth_shape=(120, 160)):
                                  depth_scale=0.001, stamp=1.5, frame_number=0)
 
 
-def _wait_for(cond, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
-
-
 @contextlib.contextmanager
 def _scripted_capture(context, monkeypatch, src):
     """A capture node reading from ``src`` with a 10 ms first retry; destroyed on exit."""
@@ -245,7 +226,7 @@ def test_capture_survives_bad_frames_timeouts_and_end_of_recording(context, monk
     src = _ScriptedSource([_frame(), _frame(depth_shape=(60, 80)), sources.SourceTimeout("unplugged"),
                            _frame(), RuntimeError("librealsense: USB error")])
     with _scripted_capture(context, monkeypatch, src) as node:
-        assert _wait_for(lambda: node.state == "ended"), node.counters.snapshot()
+        assert wait_for(lambda: node.state == "ended"), node.counters.snapshot()
         counts = node.counters.snapshot()
         assert counts["frames"] == 2
         assert counts["drop_bad_frame"] == 1
@@ -263,7 +244,7 @@ def test_capture_missing_recording_retries_with_error_status(context):
         rclpy.parameter.Parameter("retry_initial_s", value=0.01),
         rclpy.parameter.Parameter("retry_max_s", value=0.02)])
     try:
-        assert _wait_for(lambda: node.counters["error_unavailable"] >= 3)
+        assert wait_for(lambda: node.counters["error_unavailable"] >= 3)
         assert node.state == "retrying"
         status = node.diagnostic_status()
         assert status.level == b"\x02" and "not found" in status.message
@@ -282,7 +263,7 @@ def test_capture_open_failing_with_a_plain_runtime_error_is_counted_and_retried(
 
     src = _BrokenOpen([_frame()])
     with _scripted_capture(context, monkeypatch, src) as node:
-        assert _wait_for(lambda: node.state == "ended"), node.counters.snapshot()
+        assert wait_for(lambda: node.state == "ended"), node.counters.snapshot()
         counts = node.counters.snapshot()
         assert counts["error_internal"] == 2 and counts["frames"] == 1 and src.opened == 3
         assert node._thread.is_alive()
@@ -347,7 +328,7 @@ def test_capture_publish_frame_one_stamp_frame_id_and_depth_encoding(context, mo
         Parameter("depth_encoding", value=encoding), Parameter("camera_name", value="cam1"),
         Parameter("stamp_source", value="device")])
     try:
-        assert _wait_for(lambda: node.state == "ended")
+        assert wait_for(lambda: node.state == "ended")
         pubs = {k: _Recorder() for k in ("color", "color_info", "depth", "depth_info")}
         node._pubs = pubs
         frame = _frame()
