@@ -3,7 +3,9 @@
     facediff assets     verify the ICT-FaceKit files and build the model cache (make setup runs it)
     facediff demo       capture + landmark nodes on the embedded sample, checked against its ground truth
     facediff bench      benchmarks: renderer, synthetic actor, capture + landmark nodes, landmarks vs raw
-                        MediaPipe (make bench); `facediff bench landmarks --json OUT` runs one
+                        MediaPipe, fitting (make bench); `facediff bench landmarks --json OUT` runs one
+    facediff evaluate   accuracy against synthetic ground truth: `fitting` (per mode) or `editor`
+                        (vs the no-edit and model-only baselines), each with --json OUT
     facediff montage    render the docs montage (identities x expressions, colour + depth) to a PNG
     facediff params     the nodes' parameter tables (Markdown); --readme FILE rewrites README's tables
 """
@@ -39,15 +41,25 @@ def _cmd_montage(args: argparse.Namespace) -> int:
 
 # ``facediff bench <target>`` -> the benchmark module; ``facediff bench`` runs them all.
 BENCHMARKS = {"renderer": "facediff_ros.bench.renderer_bench", "actor": "facediff_ros.bench.actor_bench",
-              "nodes": "facediff_ros.bench.nodes_bench", "landmarks": "facediff_ros.bench.landmarks_bench"}
+              "nodes": "facediff_ros.bench.nodes_bench", "landmarks": "facediff_ros.bench.landmarks_bench",
+              "fitting": "facediff_ros.bench.fitting_bench"}
+# ``facediff evaluate <target>`` -> the evaluation module (they make their data from the synthetic actor).
+EVALUATIONS = {"fitting": "facediff_ros.synthetic.fitting_eval",
+               "editor": "facediff_ros.synthetic.editor_eval"}
+
+
+def _run_module_main(module: str, json_out: Optional[str], extra: List[str]) -> int:
+    """Call ``module.main(argv)`` in this process; a main that returns a result dict counts as success."""
+    import importlib
+    argv = (["--json", json_out] if json_out else []) + [a for a in extra if a != "--"]
+    rc = importlib.import_module(module).main(argv)
+    return rc if isinstance(rc, int) else 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
     if args.target:
-        import importlib
-        argv = ["--json", args.json] if args.json else []
-        return int(importlib.import_module(BENCHMARKS[args.target]).main(argv + list(args.bench_args)) or 0)
+        return _run_module_main(BENCHMARKS[args.target], args.json, list(args.bench_args))
     if args.json:
         print("facediff bench: --json needs a target (e.g. facediff bench landmarks --json OUT)",
               file=sys.stderr)
@@ -60,12 +72,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    return _run_module_main(EVALUATIONS[args.target], args.json, list(args.eval_args))
+
+
 def node_param_tables() -> dict:
     """README section name -> Markdown table, from the nodes' parameter dataclasses."""
     from facediff_ros.nodes.capture import CaptureParams
+    from facediff_ros.nodes.fitting import FittingParams
     from facediff_ros.nodes.landmarks import LandmarksParams
     from facediff_ros.nodes.parameters import params_markdown
-    return {"capture": params_markdown(CaptureParams), "landmarks": params_markdown(LandmarksParams)}
+    return {"capture": params_markdown(CaptureParams), "landmarks": params_markdown(LandmarksParams),
+            "fitting": params_markdown(FittingParams)}
 
 
 def readme_with_param_tables(text: str) -> str:
@@ -119,6 +137,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", help="with a target: also write its results to this JSON file")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="further options for the target's benchmark")
     p.set_defaults(func=_cmd_bench)
+    p = sub.add_parser("evaluate", help="accuracy against synthetic ground truth (fitting, editor)")
+    p.add_argument("target", choices=list(EVALUATIONS))
+    p.add_argument("--json", help="write the results to this JSON file")
+    p.add_argument("eval_args", nargs=argparse.REMAINDER, help="further options for the evaluation")
+    p.set_defaults(func=_cmd_evaluate)
     p = sub.add_parser("demo", help="run capture + landmarks on the embedded sample and print a summary")
     p.add_argument("--frames", type=int, help="use the sample's first N frames (default: all of them)")
     p.add_argument("--duration", type=float, help="longest time (s) to collect frames")
