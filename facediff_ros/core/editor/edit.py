@@ -11,7 +11,7 @@ crop (4, S, S) in the same layout (RGB in [-1, 1], depth normalised around the f
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -54,12 +54,18 @@ class ExpressionEditor:
     :param steps: network evaluations per edit (1..MAX_STEPS; 4 is the live default).
     :param seed: seed of the fixed starting noise.
     :param threads: torch intra-op threads.
+    :param model: called instead of ``net`` for each evaluation, with the network's signature (CPU
+        torch tensors in and out): an ONNX/TensorRT backend
+        (:class:`~facediff_ros.core.editor.backends.BackendEditor`). ``net`` then only has to carry
+        ``.config``.
     """
 
-    def __init__(self, net: EditorUNet, steps: int = 4, seed: int = 0, threads: Optional[int] = None):
+    def __init__(self, net: EditorUNet, steps: int = 4, seed: int = 0, threads: Optional[int] = None,
+                 model: Optional[Callable] = None):
         if int(steps) != steps or not 1 <= steps <= MAX_STEPS:
             raise ValueError(f"steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
-        self.net = net.eval()
+        self.net = net.eval() if model is None else net
+        self.model = model if model is not None else self.net
         self.size = net.config.crop_size
         self.steps = int(steps)
         if threads is not None:
@@ -75,7 +81,7 @@ class ExpressionEditor:
         buf = torch.from_numpy(np.ascontiguousarray(buffers, np.float32))
         cat = torch.tensor([category_index(c) for c in categories], dtype=torch.long)
         inten = torch.tensor([float(i) for i in intensities], dtype=torch.float32)
-        denoise = denoiser_from_v_model(self.net, src, buf, cat, inten)
+        denoise = denoiser_from_v_model(self.model, src, buf, cat, inten)
         noise = self.noise.expand(src.shape[0], -1, -1, -1).contiguous()
         return sample_ddim(denoise, noise, steps or self.steps).numpy()
 
