@@ -6,6 +6,10 @@
                         MediaPipe, fitting (make bench); `facediff bench landmarks --json OUT` runs one
     facediff evaluate   accuracy against synthetic ground truth: `fitting` (per mode) or `editor`
                         (vs the no-edit and model-only baselines), each with --json OUT
+    facediff fit        fit the face model to a recording (.db3/.bag) or an image (+ depth PNG, K.json);
+                        state, PLY mesh and overlay PNG per frame with --out DIR, a report with --json
+    facediff export     the editor network -> ONNX (static shapes, parity with torch checked) and, with
+                        --tensorrt, a cached TensorRT engine; writes editor.onnx + export.json into --out
     facediff montage    render the docs montage (identities x expressions, colour + depth) to a PNG
     facediff params     the nodes' parameter tables (Markdown); --readme FILE rewrites README's tables
 """
@@ -42,7 +46,7 @@ def _cmd_montage(args: argparse.Namespace) -> int:
 # ``facediff bench <target>`` -> the benchmark module; ``facediff bench`` runs them all.
 BENCHMARKS = {"renderer": "facediff_ros.bench.renderer_bench", "actor": "facediff_ros.bench.actor_bench",
               "nodes": "facediff_ros.bench.nodes_bench", "landmarks": "facediff_ros.bench.landmarks_bench",
-              "fitting": "facediff_ros.bench.fitting_bench"}
+              "fitting": "facediff_ros.bench.fitting_bench", "editor": "facediff_ros.bench.editor_bench"}
 # ``facediff evaluate <target>`` -> the evaluation module (they make their data from the synthetic actor).
 EVALUATIONS = {"fitting": "facediff_ros.synthetic.fitting_eval",
                "editor": "facediff_ros.synthetic.editor_eval"}
@@ -109,6 +113,46 @@ def _cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from facediff_ros import fitting_command  # imported here: it loads MediaPipe and the model
+    return fitting_command.run(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from facediff_ros.core.editor import export  # imported here: torch + onnx
+    from facediff_ros.core.editor.train import load_weights
+    try:
+        net = load_weights(args.weights)
+        meta = export.export_weights(net, args.out, batch=args.batch, opset=args.opset)
+    except (ValueError, OSError, export.ExportError) as exc:
+        print(f"facediff export: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    size = meta["crop_size"]
+    print(f"wrote {out / export.ONNX_FILE} (opset {meta['opset']}, batch {meta['batch']}, {size}x{size}, "
+          f"sha256 {meta['sha256'][:16]}...) and {out / export.EXPORT_FILE}; "
+          f"parity with torch: max abs diff {meta['parity_max_abs_diff']:.2e}")
+    if not args.tensorrt:
+        return 0
+    from facediff_ros.core.face.assets import default_cache_dir
+    # The default engine folder is the one make_backend looks in, so the node finds what was built here.
+    cache = Path(args.engine_dir) if args.engine_dir else default_cache_dir() / "editor" / "tensorrt"
+    try:
+        engine, info = export.ensure_engine(out / export.ONNX_FILE, cache, precision=args.precision,
+                                            log=print)
+    except (export.BackendUnavailable, RuntimeError, OSError) as exc:
+        print(f"facediff export: TensorRT engine not built: {exc}", file=sys.stderr)
+        return 3
+    meta["tensorrt"] = {"engine": str(engine), **{k: v for k, v in info.items() if k != "built"}}
+    (out / export.EXPORT_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    done = "built" if info["built"] else "reused"
+    print(f"TensorRT engine {done}: {engine} ({info.get('precision_used', '?')})")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from facediff_ros.demo import run_demo  # imported here: it loads rclpy
     return int(run_demo(duration_s=args.duration, frames=args.frames)["returncode"])
@@ -142,6 +186,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--json", help="write the results to this JSON file")
     p.add_argument("eval_args", nargs=argparse.REMAINDER, help="further options for the evaluation")
     p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser("fit", help="fit the face model to a recording or an image; files out only with --out")
+    from facediff_ros.fitting_command import add_arguments as add_fit_arguments  # numpy/json only at import
+    add_fit_arguments(p)
+    p.set_defaults(func=_cmd_fit)
+    p = sub.add_parser("export", help="export the editor network to ONNX (and a TensorRT engine)")
+    p.add_argument("--weights", required=True, help="weights folder (editor.pt + config.json)")
+    p.add_argument("--out", required=True,
+                   help="folder for editor.onnx + export.json (may be the weights folder)")
+    p.add_argument("--batch", type=int, default=1, help="static batch of the exported network")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    p.add_argument("--tensorrt", action="store_true",
+                   help="also build the TensorRT engine (needs tensorrt + a GPU)")
+    p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="TensorRT engine precision")
+    p.add_argument("--engine-dir", help="TensorRT engine cache (default: the package cache, editor/tensorrt)")
+    p.set_defaults(func=_cmd_export)
     p = sub.add_parser("demo", help="run capture + landmarks on the embedded sample and print a summary")
     p.add_argument("--frames", type=int, help="use the sample's first N frames (default: all of them)")
     p.add_argument("--duration", type=float, help="longest time (s) to collect frames")
