@@ -210,3 +210,100 @@ def test_node_publishes_face_model_over_dds(context, actor_frames):
         ex.shutdown()
         peer.destroy_node()
         node.destroy_node()
+
+
+# ---- the real chain ------------------------------------------------------------------------------
+def _node_command(script, module):
+    """The installed console script (what `ros2 run` starts), else the module."""
+    import sys
+    from pathlib import Path
+    exe = Path(sys.executable).with_name(script)
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", f"facediff_ros.nodes.{module}"]
+
+
+def test_capture_landmarks_fitting_processes_publish_face_model(context, tmp_path):
+    """capture (the embedded sample, looping) -> landmarks -> fitting as three processes over DDS
+    (the console scripts, default parameters but device stamps): within the deadline a FaceModel
+    with the identity locked and quality > 0.5 arrives, in the colour optical frame, with the
+    head pose of the sample's ground truth at that frame."""
+    import os
+    import subprocess
+    import threading
+    from pathlib import Path
+
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+
+    from facediff_ros.adapters import topics
+    from facediff_ros.adapters.dds import configure_environment
+    from facediff_ros.msg import FaceModel
+    from waiting import wait_for
+
+    root = Path(__file__).resolve().parents[1]
+    sample = root / "facediff_ros" / "data" / "sample.db3"
+    if not sample.is_file():
+        pytest.skip("the embedded sample is not installed")
+    env = configure_environment(dict(os.environ))
+    procs, logs = {}, {}
+
+    def start(name, script, module, *args):
+        logs[name] = open(tmp_path / f"{name}.log", "w")
+        procs[name] = subprocess.Popen(_node_command(script, module) + ["--ros-args", *args], env=env,
+                                       stdout=logs[name], stderr=subprocess.STDOUT, cwd=str(root))
+
+    def tail():
+        for f in logs.values():
+            f.flush()
+        return "\n".join(f"--- {n} (rc {procs[n].poll()}):\n" + (tmp_path / f"{n}.log").read_text()[-1500:]
+                         for n in logs)
+
+    probe = rclpy.create_node("fitting_chain_probe", context=context)
+    models = []
+    probe.create_subscription(FaceModel, "/" + topics.FACE_MODEL, models.append, qos_profile_sensor_data)
+    ex = SingleThreadedExecutor(context=context)
+    ex.add_node(probe)
+    spinner = threading.Thread(target=ex.spin, daemon=True)
+    spinner.start()
+
+    def good():
+        return [m for m in models if m.identity_locked and m.quality > 0.5]
+
+    try:
+        # All three at once: the recording loops, so frames sent before the chain is matched are
+        # only a delay, and starting them together overlaps MediaPipe's and the model's loading.
+        start("landmarks", "facediff-landmarks", "landmarks")
+        start("fitting", "facediff-fitting", "fitting")
+        # device stamps: each message carries the frame's recorded time, which finds its truth.
+        start("capture", "facediff-capture", "capture", "-p", "stamp_source:=device")
+        assert wait_for(lambda: good() or any(p.poll() is not None for p in procs.values()), timeout=25.0), \
+            f"{len(models)} FaceModel messages, none locked with quality > 0.5\n{tail()}"
+        assert good(), f"a node exited\n{tail()}"
+        m = good()[0]
+        assert m.header.frame_id == "camera_color_optical_frame" and m.model_id == fm.MODEL_ID
+        assert len(m.identity) == 40 and len(m.expression) == len(m.expression_names) == 53
+        # The pose against the sample's ground truth, found by the frame's recorded stamp.
+        from facediff_ros.nodes.spin import stamp_ns
+        from facediff_ros.synthetic.landmark_eval import FrameLookup
+        from facediff_ros.synthetic.recording import load_ground_truth
+        gt = load_ground_truth(sample)
+        i = FrameLookup(gt).index_of(stamp_ns(m))
+        assert i is not None, stamp_ns(m)
+        fit = fm.from_msg(m)
+        assert np.linalg.norm(fit.t - gt["t"][i]) < 0.005
+        assert np.degrees(np.arccos(np.clip((np.trace(fit.R @ gt["R"][i].T) - 1) / 2, -1, 1))) < 2.0
+        assert all(0.0 <= w <= 1.0 for w in m.expression)
+        assert all(p.poll() is None for p in procs.values()), tail()
+    finally:
+        for p in procs.values():
+            p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for f in logs.values():
+            f.close()
+        ex.shutdown()
+        spinner.join(timeout=5)
+        probe.destroy_node()
