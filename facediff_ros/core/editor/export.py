@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
@@ -148,9 +149,13 @@ def export_onnx(net: EditorUNet, path, batch: int = 1, opset: int = DEFAULT_OPSE
     args = tuple(torch.from_numpy(feeds[n]) for n in INPUT_NAMES)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript-based exporter: it takes opset 17 directly and gives a plain static graph
             # (stack.md: both exporters match onnxruntime to 1e-7; the dynamo one starts at opset 18).
+            # Its deprecation notice and GroupNorm's trace-time shape check (static shapes here, so
+            # constant is right) would only clutter the output; the parity check is the real test.
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             torch.onnx.export(net, args, str(tmp), opset_version=int(opset), dynamo=False,
                               input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                               do_constant_folding=True)
@@ -306,8 +311,9 @@ def engine_key(onnx_path, precision: str = "fp16", gpu: Optional[Tuple[str, str]
     :param tensorrt_version: default: the installed ``tensorrt.__version__`` (:class:`TensorRTMissing`
         without one).
     """
-    name, cc = gpu if gpu is not None else current_gpu()
+    # tensorrt first: without it there is nothing to build, whatever the GPU.
     version = tensorrt_version if tensorrt_version is not None else require_tensorrt().__version__
+    name, cc = gpu if gpu is not None else current_gpu()
     return EngineKey(gpu=name, compute_capability=cc, tensorrt=version, onnx_sha256=file_sha256(onnx_path),
                      precision=precision)
 
