@@ -12,6 +12,7 @@ import torch
 
 from facediff_ros.core.editor import sampler, schedule
 from facediff_ros.core.editor.network import EditorNetConfig, EditorUNet
+from facediff_ros.core.editor.residual import model_only_rgbd
 from facediff_ros.core.face.expressions import CATEGORIES
 
 
@@ -174,7 +175,8 @@ def test_expression_editor_validates_and_is_deterministic():
                                             torch.tensor([1]), torch.tensor([0.8]))
     with torch.no_grad():
         ref = sampler.sample_ddim(denoise, ed.noise.clone(), 2)[0].numpy()
-    np.testing.assert_allclose(a, ref, atol=1e-6)
+    base = model_only_rgbd(src, buf)  # the network's variable is the residual over the baseline
+    np.testing.assert_allclose(a, base + net.config.residual_scale * ref, atol=1e-6)
     assert category_index("Surprised") == CATEGORIES.index("surprised")
     bad = [((src[:3], buf, "happy", 0.5), "source"), ((src, buf[:, :8], "happy", 0.5), None),
            ((src.astype(np.float64) * np.nan, buf, "happy", 0.5), "NaN"),
@@ -186,3 +188,33 @@ def test_expression_editor_validates_and_is_deterministic():
             ed.edit(*args)
     with pytest.raises(ValueError, match="steps"):
         ExpressionEditor(net, steps=0)
+
+
+def test_model_only_baseline_by_hand():
+    src = np.zeros((4, 2, 2), np.float32) + np.array([0.1, 0.2, 0.3, 0.4], np.float32)[:, None, None]
+    buf = np.zeros((8, 2, 2), np.float32)
+    buf[0:3] = -0.5
+    buf[3] = -0.25
+    buf[7] = [[1.0, 0.0], [-1.0, 1.0]]  # warped, to paint / background, warped
+    out = model_only_rgbd(src, buf)
+    expect_rgb = np.where(np.array([[1, 0], [0, 1]], bool)[None], -0.5, src[:3])
+    expect_d = np.where(np.array([[1, 1], [0, 1]], bool), np.float32(-0.25), src[3])
+    np.testing.assert_array_equal(out[:3], expect_rgb)
+    np.testing.assert_array_equal(out[3], expect_d)
+    tout = model_only_rgbd(torch.from_numpy(src)[None], torch.from_numpy(buf)[None])[0].numpy()
+    np.testing.assert_array_equal(tout, out)
+
+
+def test_a_zero_residual_network_returns_the_baseline():
+    from facediff_ros.core.editor.edit import ExpressionEditor
+
+    def zero_residual(x_t, t, *conditions):  # v for which x0_hat = alpha x_t - sigma v = 0
+        a, s = schedule.alpha_sigma(t)
+        return (a / s)[:, None, None, None] * x_t
+
+    net = _random_net(seed=7)
+    ed = ExpressionEditor(net, steps=4, model=zero_residual)
+    g = np.random.default_rng(1)
+    src = g.uniform(-1, 1, (4, 16, 16)).astype(np.float32)
+    buf = g.uniform(-1, 1, (8, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(ed.edit(src, buf, "angry", 1.0), model_only_rgbd(src, buf), atol=1e-6)

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from facediff_ros.core.editor.edit import ExpressionEditor
+from facediff_ros.core.editor.residual import model_only_rgbd
 from facediff_ros.core.editor.train import load_weights
 from facediff_ros.core.face.expressions import CATEGORIES
 from facediff_ros.synthetic.editor_data import PairConfig, PairGenerator
@@ -41,13 +42,7 @@ FACE_COVERAGE = 0.5  # a pixel counts as face where the head covers more than ha
 
 def model_only(pair: Dict) -> np.ndarray:
     """The baseline edit from the buffers alone: (4, S, S) like the source."""
-    src, buf = pair["source"], pair["buffers"]
-    out = src.copy()
-    warped = buf[7] > 0.5                               # (S, S) MASK_WARPED
-    face = buf[7] > -0.5                                # warped or to paint
-    out[:3] = np.where(warped[None], buf[:3], src[:3])  # (3, S, S)
-    out[3] = np.where(face, buf[3], src[3])
-    return out
+    return model_only_rgbd(pair["source"], pair["buffers"])
 
 
 def pair_metrics(output: np.ndarray, pair: Dict, depth_range_m: float) -> Dict[str, float]:

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from facediff_ros.core.editor.residual import model_only_rgbd
 from facediff_ros.core.editor.network import BUFFER_CHANNELS, SOURCE_CHANNELS, TARGET_CHANNELS, EditorUNet
 from facediff_ros.core.editor.sampler import denoiser_from_v_model, sample_ddim
 from facediff_ros.core.face.expressions import CATEGORIES
@@ -83,7 +84,11 @@ class ExpressionEditor:
         inten = torch.tensor([float(i) for i in intensities], dtype=torch.float32)
         denoise = denoiser_from_v_model(self.model, src, buf, cat, inten)
         noise = self.noise.expand(src.shape[0], -1, -1, -1).contiguous()
-        return sample_ddim(denoise, noise, steps or self.steps).numpy()
+        x0 = sample_ddim(denoise, noise, steps or self.steps)
+        scale = self.net.config.residual_scale
+        if scale > 0:  # the network denoised the residual over the model-only baseline
+            x0 = model_only_rgbd(src, buf) + scale * x0
+        return x0.numpy()
 
     def edit(self, source, buffers, category: Union[str, int], intensity: float,
              steps: Optional[int] = None) -> np.ndarray:

@@ -43,10 +43,15 @@ class EditorNetConfig:
     blocks_per_level: int = 1
     emb_dim: int = 128                         # time + expression embedding width
     groups: int = 8                            # GroupNorm groups (divides every channel count)
+    # > 0: the diffusion variable is (target - model-only baseline) / residual_scale
+    # (core/editor/residual.py: the warp already gives most of the target); 0: the target itself.
+    residual_scale: float = 0.1
 
     def __post_init__(self):
         if len(self.channels) < 1 or any(c % self.groups for c in self.channels):
             raise ValueError(f"channels {self.channels}: expected multiples of groups={self.groups}")
+        if not self.residual_scale >= 0:
+            raise ValueError(f"residual_scale: expected >= 0, got {self.residual_scale}")
         factor = 2 ** (len(self.channels) - 1)  # one halving per level below the top
         if self.crop_size % factor:
             raise ValueError(f"crop_size {self.crop_size}: expected a multiple of {factor}")

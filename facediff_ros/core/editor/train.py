@@ -2,7 +2,9 @@
 
 One step: draw t ~ U(0, 1) per pair, noise the target ``x_t = alpha x_0 + sigma eps``, predict v
 from ``(x_t, t, source, buffers, category, intensity)`` and regress the true
-``v = alpha eps - sigma x_0`` (:mod:`~facediff_ros.core.editor.sampler`). The loss is a weighted
+``v = alpha eps - sigma x_0`` (:mod:`~facediff_ros.core.editor.sampler`); with
+``net.config.residual_scale > 0`` x_0 is the scaled residual over the model-only baseline
+(:mod:`~facediff_ros.core.editor.residual`). The loss is a weighted
 mean square over pixels: the target's face pixels count fully, background pixels
 ``background_weight`` (they only copy the source through), and the depth channel
 ``depth_weight`` relative to each colour channel.
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from facediff_ros.core.editor.network import EditorNetConfig, EditorUNet
+from facediff_ros.core.editor.residual import model_only_rgbd
 from facediff_ros.core.editor.sampler import x0_eps_to_v
 from facediff_ros.core.editor.schedule import alpha_sigma
 
@@ -102,6 +105,8 @@ def loss_on_batch(net: EditorUNet, batch: Dict[str, torch.Tensor], config: Train
     """The weighted v-prediction loss on one batch (keys: source, target, buffers, mask, category,
     intensity; see :mod:`facediff_ros.synthetic.editor_data`)."""
     x0 = batch["target"]
+    if net.config.residual_scale > 0:
+        x0 = (x0 - model_only_rgbd(batch["source"], batch["buffers"])) / net.config.residual_scale
     b = x0.shape[0]
     t = torch.rand(b, generator=generator)
     eps = torch.randn(x0.shape, generator=generator)
@@ -152,6 +157,7 @@ def load_weights(weights_dir, expected: Optional[EditorNetConfig] = None) -> Edi
         raise ValueError(f"{path}: not an editor weights file of format {FORMAT}")
     net_cfg = dict(blob["net"])
     net_cfg["channels"] = tuple(net_cfg["channels"])
+    net_cfg.setdefault("residual_scale", 0.0)  # weights saved before the residual mode predict the target
     config = EditorNetConfig(**net_cfg)
     if expected is not None and config != expected:
         raise ValueError(f"{path}: weights are for {config}, expected {expected}")
