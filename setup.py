@@ -22,6 +22,7 @@ setup(
             "facediff-capture = facediff_ros.nodes.capture:main",
             "facediff-landmarks = facediff_ros.nodes.landmarks:main",
             "facediff-fitting = facediff_ros.nodes.fitting:main",
+            "facediff-editor = facediff_ros.nodes.editor:main",
         ],
     },
 )

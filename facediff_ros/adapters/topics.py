@@ -24,6 +24,11 @@ FACE_LANDMARKS = "face/landmarks"
 FACE_LANDMARKS_DEBUG = "face/landmarks/debug_image"
 FACE_MODEL = "face/model"
 FACE_MESH = "face/mesh"
+AVATAR_TARGET = "avatar/target"
+AVATAR_COLOR = "avatar/color"
+AVATAR_DEPTH = "avatar/depth"
+AVATAR_CAMERA_INFO = "avatar/camera_info"
+AVATAR_POINTS = "avatar/points"
 
 
 @dataclass(frozen=True)

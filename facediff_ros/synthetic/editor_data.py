@@ -54,14 +54,14 @@ import numpy as np
 
 from facediff_ros.core.camera import Intrinsics
 from facediff_ros.core.color import srgb_to_linear
-from facediff_ros.core.editor.crop import CropConfig, FaceCrop
-from facediff_ros.core.editor.warp import buffers_tensor, model_only_edit
+from facediff_ros.core.editor.crop import CropConfig
+from facediff_ros.core.editor.inputs import EDITOR_REGIONS, face_crop, network_inputs
 from facediff_ros.core.face import expressions
 from facediff_ros.core.face.assets import default_cache_dir
 from facediff_ros.core.face.morphable_model import MorphableModel, rotation_matrix
 from facediff_ros.core.render import textures
 from facediff_ros.core.render.renderer import Lighting, RenderBuffers, Renderer
-from facediff_ros.synthetic.actor import ACTOR_REGIONS, SensorNoise, render_wall, sensor_color, sensor_depth
+from facediff_ros.synthetic.actor import SensorNoise, render_wall, sensor_color, sensor_depth
 
 # Arrays of a pair, in shard order; shards store them as float16 (half the disk: 0.5 mm of
 # normalised depth is 0.004, float16 resolves 0.0005 there) and load them back as float32.
@@ -156,7 +156,8 @@ class PairGenerator:
         if not isinstance(config, PairConfig):
             raise ValueError(f"config must be a PairConfig, got {type(config).__name__}")
         self.model = model if model is not None else MorphableModel.load()
-        self.triangles, self.tri_uvs, _ = textures.atlas_triangles(self.model, ACTOR_REGIONS)
+        # The live editor renders the same regions (core.editor.inputs; the actor's ACTOR_REGIONS).
+        self.triangles, self.tri_uvs, _ = textures.atlas_triangles(self.model, EDITOR_REGIONS)
         self._names = list(self.model.expression_names)
         self._expr_basis = self.model.expression_basis.reshape(self.model.num_expression, -1)  # (E, V*3)
         self._centre_ids = self.model.landmarks68
@@ -224,7 +225,7 @@ class PairGenerator:
         v_tgt = self._posed(base, w_tgt, R, centre, c_cam)
         vf_src = self._posed(base_fit, w_fit, R_fit, centre_fit, c_fit)
         vf_tgt = self._posed(base_fit, w_tgt, R_fit, centre_fit, c_fit)
-        crop = FaceCrop(vf_src[self._centre_ids].mean(axis=0), K, c.crop)
+        crop = face_crop(vf_src, self._centre_ids, K, c.crop)
 
         # Scene: light, white balance, the wall; rendered at ss x ss samples per crop pixel.
         light_dir = np.array([rng.uniform(-0.8, 0.8), rng.uniform(-1.0, 0.3), -1.0])
@@ -263,13 +264,14 @@ class PairGenerator:
         src_mm = sensor_depth(src_depth, src_normals, crop.intrinsics, depth_noise, rng)
         src_z = src_mm.astype(np.float32) * np.float32(c.noise.depth_unit_m)
 
-        # The buffers, from the fitted meshes and the noisy source, at the crop's own resolution.
-        warp = model_only_edit(src_rgb, vf_src, vf_tgt, self.triangles, crop.intrinsics)
+        # The buffers, from the fitted meshes and the noisy source, at the crop's own resolution:
+        # built by the function the live editor calls (core.editor.inputs).
+        inputs = network_inputs(crop, src_rgb, src_z, vf_src, vf_tgt, self.triangles)
         src_valid = src_z > 0
         return {
-            "source": crop.rgbd(src_rgb, src_z),
+            "source": inputs.source,
             "target": crop.rgbd(tgt_rgb, tgt_depth),
-            "buffers": buffers_tensor(warp, crop),
+            "buffers": inputs.buffers,
             "mask": tgt_cover.astype(np.float32),
             "source_valid": src_valid.astype(np.float32),
             "category": tgt_cat, "intensity": tgt_int,

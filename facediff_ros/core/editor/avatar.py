@@ -1,0 +1,308 @@
+"""One live avatar frame: a camera frame + the fitted face model -> the frame with the face re-expressed.
+
+:meth:`AvatarEditor.edit_frame` runs the editor on a camera frame (ROS-free; the editor node wraps
+it). Stages, each timed (``AvatarFrame.timings``, milliseconds):
+
+1. ``mesh``: the fitted mesh (identity, expression, pose: ``x_cam = R x_model + t``) and the
+   target mesh (same identity and pose, the category's weights at the intensity:
+   :func:`facediff_ros.core.face.expressions.category_weights`), camera optical frame, metres;
+2. ``crop``: the face crop from the fitted mesh (:func:`~facediff_ros.core.editor.inputs.face_crop`);
+3. ``sample``: the source colour (anti-aliased) and depth (nearest) crops;
+4. ``inputs``: source RGB-D and target buffers
+   (:func:`~facediff_ros.core.editor.inputs.network_inputs`, the function the training pairs use);
+5. ``network``: the few-step sampler over any backend (``editor.edit``);
+6. ``paste``: the edited colour composed back into the frame and the edited depth written into it.
+
+What is written where (crop masks, then mapped to the image by the crop's inverse mapping):
+
+- colour: over the union of the source and target face renders, grown by one crop pixel (so the
+  network also repaints the silhouette's mixed pixels and the background a shrinking face
+  uncovers), blended with the crop's bilinear alpha (a soft edge ~1 crop pixel wide); every
+  other pixel keeps its exact input value;
+- depth: on the target face, the network's depth (where it is inside the normalised range); on
+  the rest of the source face (what the new expression no longer covers, e.g. a jaw that closed)
+  no depth, since what lies behind it was never measured; elsewhere the input depth unchanged.
+- ``output='head'`` keeps only the edited region (colour 0, depth NaN elsewhere).
+
+Colour-only (webcam) mode: with ``depth=None`` the fitted source mesh's rendered depth stands in
+for the sensor's as the network's source depth, and the output has depth on the edited face only.
+
+Intensity 0 and the neutral category still run the network: what "neutral" looks like for this
+person is the network's to decide, not a shortcut's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Optional, Union
+
+import cv2
+import numpy as np
+
+from facediff_ros.core.camera import Intrinsics
+from facediff_ros.core.editor.crop import CropConfig, FaceCrop
+from facediff_ros.core.editor.inputs import editor_triangles, face_crop, network_inputs
+from facediff_ros.core.face import expressions
+from facediff_ros.core.face.morphable_model import MorphableModel
+from facediff_ros.core.render.renderer import Renderer
+
+OUTPUTS = ("frame", "head")
+MAX_LIVE_STEPS = 8  # a live edit: 4 is the trained default; 8 doubles the network's ~30 ms
+
+
+@dataclass(frozen=True)
+class AvatarConfig:
+    """How a frame is edited."""
+
+    steps: int = 4          # network evaluations per edit (the few-step sampler's live default)
+    output: str = "frame"   # 'frame': the edited face in the unchanged frame; 'head': the edited region only
+    seed: int = 0           # the editor's fixed starting noise (the same every frame: no shimmer)
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or int(self.steps) != self.steps or \
+                not 1 <= self.steps <= MAX_LIVE_STEPS:
+            raise ValueError(f"steps must be an integer in [1, {MAX_LIVE_STEPS}], got {self.steps!r}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {list(OUTPUTS)}, got {self.output!r}")
+
+
+@dataclass
+class AvatarFrame:
+    """The edited frame, in the input camera's image (same size, same optical frame)."""
+
+    color: np.ndarray    # (H, W, 3) uint8 RGB
+    depth_m: np.ndarray  # (H, W) float32 z-depth (m), NaN = no depth
+    mask: np.ndarray     # (H, W) bool: pixels the edit changed (colour or depth)
+    crop: FaceCrop       # the crop the network worked in
+    category: str        # the target category's name
+    intensity: float
+    colour_only: bool    # True: no input depth, the fitted mesh stood in for it
+    timings: Dict[str, float] = field(default_factory=dict)  # stage -> milliseconds
+
+
+def check_target(category: Union[str, int], intensity) -> tuple:
+    """(category index, intensity as float) or ValueError naming the valid values."""
+    idx = expressions.category_index(category)  # raises with the list of names
+    if isinstance(intensity, bool) or not isinstance(intensity, (int, float, np.floating, np.integer)):
+        raise ValueError(f"intensity must be a number in [0, 1], got {intensity!r}")
+    x = float(intensity)
+    if not np.isfinite(x) or not 0.0 <= x <= 1.0:
+        raise ValueError(f"intensity must be a number in [0, 1], got {intensity!r}")
+    return idx, x
+
+
+def crop_config_for(weights_dir, size_px: int) -> CropConfig:
+    """The crop the weights in ``weights_dir`` were trained on: ``config.json``'s
+    ``data.pair_config.crop`` when recorded there (train_editor writes it), else the default
+    geometry at the network's size.
+
+    :raises ValueError: a recorded crop of another size than the network's.
+    """
+    crop = None
+    path = Path(weights_dir) / "config.json"
+    if path.is_file():
+        try:
+            meta = json.loads(path.read_text())
+            crop = ((meta.get("data") or {}).get("pair_config") or {}).get("crop")
+        except (ValueError, AttributeError):
+            crop = None
+    config = CropConfig(**crop) if isinstance(crop, dict) else CropConfig(size_px=int(size_px))
+    if config.size_px != size_px:
+        raise ValueError(f"{path}: the pairs' crop is {config.size_px} px, the network's {size_px} px")
+    return config
+
+
+class AvatarEditor:
+    """Edits camera frames with a face model fit; see the module docstring.
+
+    :param editor: anything with ``size`` (the crop side, px) and
+        ``edit(source (4, S, S), buffers (8, S, S), category, intensity, steps=) -> (4, S, S)``:
+        an :class:`~facediff_ros.core.editor.edit.ExpressionEditor` or a
+        :class:`~facediff_ros.core.editor.backends.BackendEditor`.
+    :param model: the morphable model the fits are of (loaded when None).
+    :param config: :class:`AvatarConfig`.
+    :param crop: the crop geometry the network was trained with (default: :class:`CropConfig` at
+        the editor's size).
+    """
+
+    def __init__(self, editor, model: Optional[MorphableModel] = None, config: Optional[AvatarConfig] = None,
+                 crop: Optional[CropConfig] = None):
+        self.config = config if config is not None else AvatarConfig()
+        if not isinstance(self.config, AvatarConfig):
+            raise ValueError(f"config must be an AvatarConfig, got {type(self.config).__name__}")
+        if not callable(getattr(editor, "edit", None)) or not isinstance(getattr(editor, "size", None), int):
+            raise ValueError("editor must have an int .size and an .edit(source, buffers, category, "
+                             "intensity, steps=) method")
+        self.editor = editor
+        self.crop_config = crop if crop is not None else CropConfig(size_px=editor.size)
+        if self.crop_config.size_px != editor.size:
+            raise ValueError(f"crop size {self.crop_config.size_px} px differs from the editor's "
+                             f"{editor.size} px")
+        self.model = model if model is not None else MorphableModel.load()
+        self.names = list(self.model.expression_names)
+        self.triangles = editor_triangles(self.model)
+        self.centre_ids = self.model.landmarks68
+
+    @classmethod
+    def from_weights(cls, weights_dir, backend: str = "auto", model: Optional[MorphableModel] = None,
+                     config: Optional[AvatarConfig] = None, threads: Optional[int] = 2,
+                     log: Optional[Callable[[str], None]] = None) -> "AvatarEditor":
+        """An editor over the weights in ``weights_dir`` on ``backend`` (see
+        :func:`~facediff_ros.core.editor.backends.make_backend`; ``.backend`` holds it, with ``.why``).
+
+        :raises ValueError: missing or unreadable weights (the message names the file).
+        :raises BackendUnavailable: the backend cannot run here.
+        """
+        from facediff_ros.core.editor.backends import BackendEditor, make_backend  # torch: only when used
+        config = config if config is not None else AvatarConfig()
+        den = make_backend(backend, weights_dir, threads=threads, log=log)
+        editor = BackendEditor(den, steps=config.steps, seed=config.seed)
+        out = cls(editor, model, config, crop_config_for(weights_dir, editor.size))
+        out.backend = den
+        return out
+
+    # ---- one frame -------------------------------------------------------------------------------
+    def check_fit(self, fit):
+        """(identity, expression clipped to [0, 1], R, t) of a fit, or ValueError saying what is wrong."""
+        identity = np.asarray(getattr(fit, "identity", None), dtype=np.float64)
+        expression = np.asarray(getattr(fit, "expression", None), dtype=np.float64)
+        R = np.asarray(getattr(fit, "R", None), dtype=np.float64)
+        t = np.asarray(getattr(fit, "t", None), dtype=np.float64)
+        if identity.ndim != 1 or not 0 <= len(identity) <= self.model.num_identity:
+            raise ValueError(f"fit.identity must be (K,) with K <= {self.model.num_identity}, "
+                             f"got shape {identity.shape}")
+        if expression.shape != (self.model.num_expression,):
+            raise ValueError(f"fit.expression must be ({self.model.num_expression},) in the model's order, "
+                             f"got shape {expression.shape}")
+        if R.shape != (3, 3) or t.shape != (3,):
+            raise ValueError(f"fit.R must be (3, 3) and fit.t (3,), got {R.shape} and {t.shape}")
+        for name, a in (("identity", identity), ("expression", expression), ("R", R), ("t", t)):
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"fit.{name} contains NaN or inf")
+        if np.abs(R @ R.T - np.eye(3)).max() > 1e-3 or np.linalg.det(R) < 0:
+            raise ValueError("fit.R is not a rotation")
+        if t[2] <= 0:
+            raise ValueError(f"fit.t puts the head behind the camera (z = {t[2]:.3f} m)")
+        # The fitter clamps weights into [0, 1]; a message may carry a rounding step past either end.
+        return identity.astype(np.float32), np.clip(expression, 0, 1).astype(np.float32), R, t
+
+    def _posed(self, identity, weights, R, t) -> np.ndarray:
+        v = self.model.vertices(identity if len(identity) else None, weights)  # (V, 3) model frame
+        return (v @ R.T.astype(np.float32) + t.astype(np.float32)).astype(np.float32)  # (V, 3) camera
+
+    def edit_frame(self, color: np.ndarray, depth: Optional[np.ndarray], intrinsics: Intrinsics, fit,
+                   category: Union[str, int], intensity: float, extra_weights: Optional[np.ndarray] = None,
+                   steps: Optional[int] = None, output: Optional[str] = None) -> AvatarFrame:
+        """Edit one frame.
+
+        :param color: (H, W, 3) uint8 RGB of the intrinsics' size.
+        :param depth: (H, W) float z-depth in metres aligned to the colour (0 or NaN = none), or None
+            for colour-only mode.
+        :param intrinsics: the colour camera's.
+        :param fit: the face model state (``identity`` (K,), ``expression`` (E,) in the model's order,
+            ``R`` (3, 3), ``t`` (3,) m: a :class:`~facediff_ros.core.fitting.tracker.FitResult`).
+        :param category: a name of :data:`~facediff_ros.core.face.expressions.CATEGORIES` or its index.
+        :param intensity: in [0, 1].
+        :param extra_weights: optional (E,) weights in [0, 1] added to the category's for the target
+            mesh (ExpressionTarget's raw weights), clipped to [0, 1]; the network still gets the
+            category (it was trained on category prototypes only).
+        :param steps: / :param output: override the config for this call.
+        :raises ValueError: bad sizes or dtypes, a fit with NaN or of another model, an unknown
+            category, an intensity outside [0, 1], a face whose centre is outside the image.
+        """
+        t0 = time.perf_counter()
+        times: Dict[str, float] = {}
+        cfg = AvatarConfig(steps=self.config.steps if steps is None else steps,
+                           output=self.config.output if output is None else output, seed=self.config.seed)
+        cat, inten = check_target(category, intensity)
+        if not isinstance(intrinsics, Intrinsics):
+            raise ValueError(f"intrinsics must be an Intrinsics, got {type(intrinsics).__name__}")
+        img = np.asarray(color)
+        if img.dtype != np.uint8 or img.shape != intrinsics.shape + (3,):
+            raise ValueError(f"color must be {intrinsics.shape + (3,)} uint8 as the intrinsics, "
+                             f"got {img.shape} {img.dtype}")
+        base_depth = None
+        if depth is not None:
+            d = np.asarray(depth)
+            if d.shape != intrinsics.shape or d.dtype.kind != "f":
+                raise ValueError(f"depth must be {intrinsics.shape} float metres as the intrinsics, "
+                                 f"got {d.shape} {d.dtype}")
+            with np.errstate(invalid="ignore"):
+                base_depth = np.where(np.isfinite(d) & (d > 0), d, np.nan).astype(np.float32)  # (H, W)
+        identity, expression, R, t = self.check_fit(fit)
+        w_tgt = expressions.category_weights(self.names, cat, inten)
+        if extra_weights is not None:
+            extra = np.asarray(extra_weights, dtype=np.float32)
+            if extra.shape != w_tgt.shape or not np.all(np.isfinite(extra)):
+                raise ValueError(f"extra_weights must be finite ({len(w_tgt)},), got {extra.shape}")
+            w_tgt = np.clip(w_tgt + extra, 0.0, 1.0).astype(np.float32)
+        v_src = self._posed(identity, expression, R, t)
+        v_tgt = self._posed(identity, w_tgt, R, t)
+        t1 = time.perf_counter()
+        times["mesh"] = t1 - t0
+
+        crop = face_crop(v_src, self.centre_ids, intrinsics, self.crop_config)
+        uc, vc = intrinsics.project(crop.centre)
+        H, W = intrinsics.shape
+        if not (0 <= uc < W and 0 <= vc < H):
+            raise ValueError(f"the face centre projects to ({uc:.0f}, {vc:.0f}) px, outside the {W}x{H} "
+                             f"image")
+        t2 = time.perf_counter()
+        times["crop"] = t2 - t1
+
+        src_rgb = crop.sample_color(img) * np.float32(1.0 / 255.0)  # (S, S, 3) in [0, 1]
+        src_z = None if base_depth is None else crop.sample_depth(base_depth)  # (S, S) m, 0 = none
+        t3 = time.perf_counter()
+        times["sample"] = t3 - t2
+
+        inputs = network_inputs(crop, src_rgb, src_z, v_src, v_tgt, self.triangles,
+                                Renderer(crop.intrinsics))
+        t4 = time.perf_counter()
+        times["inputs"] = t4 - t3
+
+        out = np.asarray(self.editor.edit(inputs.source, inputs.buffers, cat, inten, steps=cfg.steps))
+        if out.shape != inputs.source.shape or not np.all(np.isfinite(out)):
+            raise ValueError(f"the editor returned {out.shape} (finite: {bool(np.all(np.isfinite(out)))}), "
+                             f"expected finite {inputs.source.shape}")
+        t5 = time.perf_counter()
+        times["network"] = t5 - t4
+
+        frame = self._compose(img, base_depth, crop, out, inputs.warp.mask, inputs.source_render.mask,
+                              cfg.output)
+        t6 = time.perf_counter()
+        times["paste"] = t6 - t5
+        times["total"] = t6 - t0
+        color_out, depth_out, mask = frame
+        return AvatarFrame(color=color_out, depth_m=depth_out, mask=mask, crop=crop,
+                           category=expressions.CATEGORIES[cat], intensity=inten,
+                           colour_only=base_depth is None,
+                           timings={k: 1e3 * v for k, v in times.items()})
+
+    @staticmethod
+    def _compose(img: np.ndarray, base_depth: Optional[np.ndarray], crop: FaceCrop, out: np.ndarray,
+                 target_mask: np.ndarray, source_mask: np.ndarray, output: str):
+        """(colour (H, W, 3) uint8, depth (H, W) float32 m with NaN, changed mask (H, W) bool)."""
+        rgb = np.clip((np.moveaxis(out[:3], 0, -1) + 1.0) * 127.5, 0.0, 255.0)  # (S, S, 3) 0..255
+        n = np.clip(out[3], -1.0, 1.0)
+        # +-1 is "at or beyond the range" (the background is clipped there): no surface to write.
+        face_z = np.where(target_mask & (np.abs(n) < 1.0), crop.denormalise_depth(n), 0.0)  # (S, S) m
+        face = target_mask | source_mask  # (S, S): where the fitted face was or will be
+        region = cv2.dilate(face.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
+        color = crop.paste(img, rgb, region)
+        H, W = img.shape[:2]
+        alpha = crop.paste(np.zeros((H, W), np.float32), region, region)  # (H, W): the blend's alpha
+        changed = alpha > 0
+        depth = np.full((H, W), np.nan, np.float32) if base_depth is None else base_depth
+        # paste_depth writes face_z where the face was or is; 0 there (the uncovered part) is a hole.
+        depth = crop.paste_depth(depth, face_z, face)
+        with np.errstate(invalid="ignore"):
+            depth = np.where(depth > 0, depth, np.nan).astype(np.float32)
+        ones = np.ones(crop.shape, np.float32)
+        changed |= crop.paste_depth(np.zeros((H, W), np.float32), ones, face) > 0  # where depth was written
+        if output == "head":
+            color = np.where(changed[..., None], color, 0).astype(np.uint8)
+            depth = np.where(changed, depth, np.nan).astype(np.float32)
+        return color, depth, changed
