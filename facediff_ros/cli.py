@@ -83,11 +83,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def node_param_tables() -> dict:
     """README section name -> Markdown table, from the nodes' parameter dataclasses."""
     from facediff_ros.nodes.capture import CaptureParams
+    from facediff_ros.nodes.editor import EditorParams
     from facediff_ros.nodes.fitting import FittingParams
     from facediff_ros.nodes.landmarks import LandmarksParams
     from facediff_ros.nodes.parameters import params_markdown
     return {"capture": params_markdown(CaptureParams), "landmarks": params_markdown(LandmarksParams),
-            "fitting": params_markdown(FittingParams)}
+            "fitting": params_markdown(FittingParams), "editor": params_markdown(EditorParams)}
 
 
 def readme_with_param_tables(text: str) -> str:
