@@ -1,9 +1,11 @@
-"""Point clouds as numpy arrays laid out like depth_image_proc's XYZRGB PointCloud2.
+"""Point clouds as numpy arrays for an XYZRGB PointCloud2.
 
 Each point is 16 bytes: x, y, z as float32 metres in the camera optical frame (REP-103: x right,
 y down, z forward) and rgb as the float32 whose bit pattern is 0x00RRGGBB (the PCL/rviz
-convention). Invalid pixels keep their slot with NaN coordinates, so an organised cloud has
-height x width points and ``is_dense`` false (like depth_image_proc's point_cloud_xyzrgb).
+convention). depth_image_proc's point_cloud_xyzrgb pads the same fields to 32 bytes (rgb at
+offset 16, as PCL's PointXYZRGB); readers that go by the field offsets take both. Invalid pixels
+keep their slot with NaN coordinates, so an organised cloud has height x width points and
+``is_dense`` false (like depth_image_proc's point_cloud_xyzrgb).
 """
 
 from __future__ import annotations
