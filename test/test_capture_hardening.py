@@ -32,6 +32,7 @@ from facediff_ros.core.camera import Intrinsics  # noqa: E402
 from facediff_ros.core.capture import sources  # noqa: E402
 from facediff_ros.nodes.spin import EXIT_BAD_PARAMETERS, spin_until  # noqa: E402
 from waiting import wait_for  # noqa: E402
+from processes import stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 INTR = Intrinsics.from_fov(160, 120, 69.0)
@@ -46,15 +47,6 @@ def _start(module, tmp_path, *params, name=None):
                             stderr=subprocess.STDOUT, cwd=str(ROOT))
     proc.log_path = tmp_path / f"{name or module}.log"
     return proc
-
-
-def _stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
@@ -114,7 +106,7 @@ def test_bad_camera_names_set_at_run_time_are_rejected_and_the_process_keeps_pub
         assert spin_until(executor, lambda: node.count_publishers("/camera/cam2/color/image_raw") == 1,
                           time.monotonic() + 10.0)
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 # ---- item 3: one line for a bad start-up parameter -----------------------------------------------

@@ -56,6 +56,7 @@ from facediff_ros.synthetic import landmark_eval  # noqa: E402
 from facediff_ros.synthetic.landmark_eval import MP_FOR_68  # noqa: E402,F401 - the subset the docstring names
 from facediff_ros.msg import FaceLandmarks  # noqa: E402
 from facediff_ros.nodes.spin import spin_until, stamp_ns  # noqa: E402
+from processes import stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 30  # frames of the recording written when the sample is not installed
@@ -152,14 +153,7 @@ def test_capture_and_landmarks_processes_against_ground_truth(tmp_path):
         publishers = [(i.node_namespace, i.node_name) for i in
                       node.get_publishers_info_by_topic(color_topic)]
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop(*procs.values())
         executor.shutdown()
         node.destroy_node()
         ctx.try_shutdown()

@@ -27,6 +27,7 @@ from facediff_ros.core.face.morphable_model import rotation_matrix  # noqa: E402
 from facediff_ros.core.fitting.tracker import FitResult  # noqa: E402
 from facediff_ros.msg import ExpressionTarget  # noqa: E402
 from waiting import wait_for  # noqa: E402
+from processes import stop as stop_processes  # noqa: E402
 
 K = Intrinsics.from_fov(320, 240, 69.0)
 FRAME = "camera_color_optical_frame"
@@ -364,12 +365,7 @@ def test_editor_process_publishes_points_over_dds(context, weights, scene, tmp_p
     finally:
         stop.set()
         sender.join(timeout=5)
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_processes(proc)
         log.close()
         ex.shutdown()
         spinner.join(timeout=5)

@@ -19,6 +19,7 @@ from facediff_ros.core.landmarks.face_mesh import landmarks_bbox  # noqa: E402
 from facediff_ros.core.landmarks.lifting import lift_landmarks  # noqa: E402
 from facediff_ros.core.landmarks.pipeline import Landmarks  # noqa: E402
 from facediff_ros.synthetic.actor import ActorConfig, SyntheticActor  # noqa: E402
+from processes import stop  # noqa: E402
 
 
 def _header(sec=1, frame="camera_color_optical_frame"):
@@ -305,14 +306,7 @@ def test_capture_landmarks_fitting_processes_publish_face_model(context, tmp_pat
         assert all(0.0 <= w <= 1.0 for w in m.expression)
         assert all(p.poll() is None for p in procs.values()), tail()
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop(*procs.values())
         for f in logs.values():
             f.close()
         ex.shutdown()

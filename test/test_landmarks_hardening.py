@@ -36,6 +36,7 @@ from facediff_ros.adapters.images import to_camera_info_msg, to_image_msg  # noq
 from facediff_ros.core.camera import Intrinsics  # noqa: E402
 from facediff_ros.msg import FaceLandmarks  # noqa: E402
 from facediff_ros.nodes.spin import spin_until  # noqa: E402
+from processes import stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FACE_INTR = Intrinsics.from_fov(320, 240, 69.0)  # small frames: well inside DDS's best-effort sizes
@@ -139,12 +140,7 @@ def test_a_32767_pixel_frame_is_a_counted_drop_and_the_process_lives_on(tmp_path
         assert landmarks[0].image_width == FACE_INTR.width and sum(landmarks[0].valid) > 400
         assert not dead()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         executor.shutdown()
         node.destroy_node()
         ctx.try_shutdown()

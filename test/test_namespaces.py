@@ -24,6 +24,7 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from facediff_ros.adapters.dds import configure_environment  # noqa: E402
 from facediff_ros.msg import FaceLandmarks  # noqa: E402
 from facediff_ros.nodes.spin import spin_until  # noqa: E402
+from processes import stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_S = 90.0  # six processes start at once on a small machine
@@ -88,14 +89,7 @@ def test_capture_and_landmarks_connect_for_robot_slashes_and_empty_camera_namesp
             assert got[ns][0].header.frame_id == "camera_color_optical_frame"
         assert not died(), tail()
     finally:
-        for p in procs.values():
-            p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop(*procs.values())
         for f in logs.values():
             f.close()
         executor.shutdown()
