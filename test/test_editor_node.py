@@ -101,18 +101,27 @@ def _feed(node, msgs):
     node.on_color(msgs["color"])
 
 
-def test_node_publishes_the_avatar_and_its_cloud(context, weights, scene):
-    node, out = _node(context, weights, depth_encoding="32FC1")
+# cloud_layout -> (point_step, rgb offset): depth_image_proc's point_cloud_xyzrgb (PCL's PointXYZRGB,
+# x y z at 0 4 8, rgb at 16, 32 bytes; the default) and the compact layout (rgb at 12, 16 bytes).
+LAYOUTS = {None: (32, 16), "depth_image_proc": (32, 16), "compact": (16, 12)}
+
+
+@pytest.mark.parametrize("layout", [None, "compact"], ids=["default-depth_image_proc", "compact"])
+def test_node_publishes_the_avatar_and_its_cloud(context, weights, scene, layout):
+    extra = {} if layout is None else {"cloud_layout": layout}
+    node, out = _node(context, weights, depth_encoding="32FC1", **extra)
+    step, rgb_offset = LAYOUTS[layout]
     try:
+        assert node.params.config.cloud_layout == (layout or "depth_image_proc")
         _feed(node, _messages(scene, 10))
         assert node.wait_idle(30.0) and node.counters["frames_out"] == 1, node.counters.snapshot()
         cloud = out["points"][0]
-        # depth_image_proc-style XYZRGB: float32 x, y, z, rgb at 0, 4, 8, 12; 16 bytes a point.
-        assert cloud.point_step == 16 and not cloud.is_bigendian
+        assert cloud.point_step == step and not cloud.is_bigendian
         assert [(f.name, f.offset, f.datatype, f.count) for f in cloud.fields] == \
             [("x", 0, PointField.FLOAT32, 1), ("y", 4, PointField.FLOAT32, 1),
-             ("z", 8, PointField.FLOAT32, 1), ("rgb", 12, PointField.FLOAT32, 1)]
-        assert (cloud.height, cloud.width) == (K.height, K.width) and cloud.row_step == 16 * K.width
+             ("z", 8, PointField.FLOAT32, 1), ("rgb", rgb_offset, PointField.FLOAT32, 1)]
+        assert (cloud.height, cloud.width) == (K.height, K.width) and cloud.row_step == step * K.width
+        assert len(cloud.data) == step * K.width * K.height
         for msg in (cloud, out["color"][0], out["depth"][0], out["info"][0]):
             assert msg.header.frame_id == FRAME
             assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (10, 5000)
@@ -139,7 +148,7 @@ def test_node_publishes_the_avatar_and_its_cloud(context, weights, scene):
         _feed(node, _messages(scene, 11))
         assert node.wait_idle(30.0) and node.counters["frames_out"] == 2
         dense = out["points"][1]
-        assert dense.height == 1 and dense.width == ok.sum() and dense.is_dense
+        assert dense.height == 1 and dense.width == ok.sum() and dense.is_dense and dense.point_step == step
         assert np.isfinite(from_pointcloud2(dense)["z"]).all()
         st = node.diagnostic_status()
         keys = {kv.key: kv.value for kv in st.values}
@@ -172,7 +181,8 @@ def test_expression_target_and_parameters_at_run_time(context, weights, scene):
         assert node.counters["targets_rejected"] == 5 and node.params.config.expression == "sad"
         # Parameters: validated, a bad value rejected with a reason and the old one kept.
         for name, value in (("expression", "joy"), ("intensity", 1.5), ("steps", 9), ("steps", 0),
-                            ("output", "face"), ("backend", "torch"), ("weights", "/tmp")):
+                            ("output", "face"), ("backend", "torch"), ("weights", "/tmp"),
+                            ("cloud_layout", "pcl")):
             r = node.set_parameters([Parameter(name, value=value)])[0]
             assert not r.successful and r.reason, (name, value)
         assert node.params.config.steps == 1 and node.params.config.intensity == 1.0
@@ -344,7 +354,8 @@ def test_editor_process_publishes_points_over_dds(context, weights, scene, tmp_p
             f"no avatar/points\n{tail()}"
         assert clouds, tail()
         c = clouds[-1]
-        assert c.point_step == 16 and [f.name for f in c.fields] == ["x", "y", "z", "rgb"]
+        assert c.point_step == 32 and [(f.name, f.offset) for f in c.fields] == \
+            [("x", 0), ("y", 4), ("z", 8), ("rgb", 16)]  # the default cloud_layout: depth_image_proc's
         assert c.header.frame_id == FRAME and c.header.stamp.sec >= 100 and c.header.stamp.nanosec == 5000
         pts = from_pointcloud2(c)
         assert pts.shape == (K.height, K.width)

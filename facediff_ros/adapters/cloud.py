@@ -1,29 +1,56 @@
-"""sensor_msgs/PointCloud2 <-> the structured arrays of :mod:`facediff_ros.core.cloud`."""
+"""sensor_msgs/PointCloud2 <-> the structured arrays of :mod:`facediff_ros.core.cloud`.
+
+Both directions go by the layout itself: :func:`to_pointcloud2` takes the PointField offsets and
+``point_step`` from the array's dtype (so the compact 16-byte and depth_image_proc's 32-byte
+layouts go through it alike) and :func:`from_pointcloud2` builds the dtype from the message's
+fields.
+"""
 
 from __future__ import annotations
+
+from typing import List
 
 import numpy as np
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
-from facediff_ros.core.cloud import XYZRGB_DTYPE, XYZRGB_FIELDS
+XYZRGB_NAMES = ("x", "y", "z", "rgb")
+_FLOAT32 = np.dtype("<f4")
+
+
+def _check_xyzrgb(dtype: np.dtype) -> None:
+    if dtype.names is None or tuple(dtype.names) != XYZRGB_NAMES:
+        raise ValueError(f"cloud must be a structured array with fields {XYZRGB_NAMES}, got {dtype}")
+    for name in XYZRGB_NAMES:
+        if dtype.fields[name][0] != _FLOAT32:
+            raise ValueError(f"cloud field {name!r} must be little-endian float32, "
+                             f"got {dtype.fields[name][0]}")
+
+
+def point_fields(dtype: np.dtype) -> List[PointField]:
+    """The PointFields (name, offset, FLOAT32, count 1) of an XYZRGB structured dtype."""
+    _check_xyzrgb(dtype)
+    return [PointField(name=n, offset=int(dtype.fields[n][1]), datatype=PointField.FLOAT32, count=1)
+            for n in XYZRGB_NAMES]
 
 
 def to_pointcloud2(cloud: np.ndarray, header: Header) -> PointCloud2:
     """Build a PointCloud2 from an XYZRGB structured array of shape (H, W) or (N,).
 
-    ``data`` is assigned from the array's bytes: filling it element by element costs seconds
-    for a 640x480 cloud.
+    Field offsets and ``point_step`` are the dtype's (its itemsize; padding travels as it is in
+    the array). ``data`` is assigned from the array's bytes: filling it element by element costs
+    seconds for a 640x480 cloud.
     """
-    if cloud.dtype != XYZRGB_DTYPE:
-        raise ValueError(f"cloud must have dtype {XYZRGB_DTYPE}, got {cloud.dtype}")
+    fields = point_fields(cloud.dtype)
+    if cloud.ndim not in (1, 2):
+        raise ValueError(f"cloud must be (H, W) or (N,), got shape {cloud.shape}")
     height, width = (cloud.shape if cloud.ndim == 2 else (1, cloud.shape[0]))
     msg = PointCloud2()
     msg.header = header
     msg.height, msg.width = int(height), int(width)
-    msg.fields = [PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in XYZRGB_FIELDS]
+    msg.fields = fields
     msg.is_bigendian = False
-    msg.point_step = XYZRGB_DTYPE.itemsize
+    msg.point_step = int(cloud.dtype.itemsize)
     msg.row_step = msg.point_step * msg.width
     msg.is_dense = bool(np.isfinite(cloud["z"]).all())
     msg.data = np.ascontiguousarray(cloud).tobytes()
@@ -31,17 +58,28 @@ def to_pointcloud2(cloud: np.ndarray, header: Header) -> PointCloud2:
 
 
 def from_pointcloud2(msg: PointCloud2) -> np.ndarray:
-    """Read an XYZRGB PointCloud2 (as built by :func:`to_pointcloud2`) back into an array.
+    """Read a little-endian XYZRGB float32 PointCloud2 into a structured array, by its own fields.
+
+    The dtype has the message's offsets and ``point_step`` as itemsize, so either layout of
+    :mod:`facediff_ros.core.cloud` (or any other placement of these four fields) reads back.
 
     Raises:
-        ValueError: other field layouts, endianness or sizes that do not add up.
+        ValueError: other fields, types, endianness, or sizes that do not add up.
     """
     fields = [(f.name, f.offset, f.datatype, f.count) for f in msg.fields]
-    if fields != XYZRGB_FIELDS or msg.is_bigendian or msg.point_step != XYZRGB_DTYPE.itemsize:
+    names = tuple(f[0] for f in fields)
+    offsets = sorted(o for _, o, _, _ in fields)
+    ok = (names == XYZRGB_NAMES and not msg.is_bigendian
+          and all(d == PointField.FLOAT32 and c == 1 and 0 <= o and o + 4 <= msg.point_step
+                  for _, o, d, c in fields)
+          and all(b - a >= 4 for a, b in zip(offsets, offsets[1:])))  # no two fields overlap
+    if not ok:
         raise ValueError(f"not a little-endian XYZRGB float32 cloud: fields {fields}, "
                          f"point_step {msg.point_step}")
     if msg.row_step != msg.point_step * msg.width or len(msg.data) != msg.row_step * msg.height:
         raise ValueError(f"cloud size mismatch: {msg.height}x{msg.width} points, row_step "
                          f"{msg.row_step}, {len(msg.data)} bytes")
-    arr = np.frombuffer(msg.data, dtype=XYZRGB_DTYPE)
+    dtype = np.dtype({"names": list(names), "formats": [_FLOAT32] * 4,
+                      "offsets": [o for _, o, _, _ in fields], "itemsize": int(msg.point_step)})
+    arr = np.frombuffer(msg.data, dtype=dtype)
     return arr.reshape(msg.height, msg.width) if msg.height > 1 else arr

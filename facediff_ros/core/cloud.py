@@ -1,16 +1,23 @@
 """Point clouds as numpy arrays for an XYZRGB PointCloud2.
 
-Each point is 16 bytes: x, y, z as float32 metres in the camera optical frame (REP-103: x right,
-y down, z forward) and rgb as the float32 whose bit pattern is 0x00RRGGBB (the PCL/rviz
-convention). depth_image_proc's point_cloud_xyzrgb pads the same fields to 32 bytes (rgb at
-offset 16, as PCL's PointXYZRGB); readers that go by the field offsets take both. Invalid pixels
+Each point holds x, y, z as float32 metres in the camera optical frame (REP-103: x right, y down,
+z forward) and rgb as the float32 whose bit pattern is 0x00RRGGBB (the PCL/rviz convention), in
+one of two layouts (:data:`LAYOUTS`):
+
+- ``"depth_image_proc"``: depth_image_proc's point_cloud_xyzrgb
+  (``PointCloud2Modifier::setPointCloud2FieldsByString(2, "xyz", "rgb")``, PCL's PointXYZRGB):
+  x, y, z at 0, 4, 8, 4 bytes of padding, rgb at 16, 12 bytes of padding; 32 bytes a point.
+- ``"compact"``: x, y, z, rgb at 0, 4, 8, 12; 16 bytes a point (half the bytes on the wire).
+
+Padding bytes are zero. Readers that go by the field offsets (rviz, ``read_points``) take both.
+Invalid pixels
 keep their slot with NaN coordinates, so an organised cloud has height x width points and
 ``is_dense`` false (like depth_image_proc's point_cloud_xyzrgb).
 """
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -20,6 +27,23 @@ XYZRGB_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<f4"
 # (name, byte offset, datatype, count) with datatype 7 = sensor_msgs/PointField.FLOAT32.
 XYZRGB_FIELDS: List[Tuple[str, int, int, int]] = [("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1),
                                                   ("rgb", 12, 7, 1)]
+# depth_image_proc's / PCL's PointXYZRGB: explicit offsets, itemsize 32 (the gaps are padding).
+XYZRGB32_DTYPE = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["<f4"] * 4,
+                           "offsets": [0, 4, 8, 16], "itemsize": 32})
+XYZRGB32_FIELDS: List[Tuple[str, int, int, int]] = [("x", 0, 7, 1), ("y", 4, 7, 1), ("z", 8, 7, 1),
+                                                    ("rgb", 16, 7, 1)]
+# layout name -> (structured dtype, PointField list)
+LAYOUTS: Dict[str, Tuple[np.dtype, List[Tuple[str, int, int, int]]]] = {
+    "depth_image_proc": (XYZRGB32_DTYPE, XYZRGB32_FIELDS),
+    "compact": (XYZRGB_DTYPE, XYZRGB_FIELDS),
+}
+
+
+def layout_dtype(layout: str) -> np.dtype:
+    """The structured dtype of ``layout`` (ValueError: unknown name)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {sorted(LAYOUTS)}, got {layout!r}")
+    return LAYOUTS[layout][0]
 
 
 def depth_to_points(depth_m: np.ndarray, intrinsics: Intrinsics) -> np.ndarray:
@@ -52,17 +76,32 @@ def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
     return np.stack([(bits >> 16) & 255, (bits >> 8) & 255, bits & 255], axis=-1).astype(np.uint8)
 
 
-def xyzrgb_cloud(points: np.ndarray, colors: np.ndarray) -> np.ndarray:
+def xyzrgb_cloud(points: np.ndarray, colors: np.ndarray, layout: str = "compact") -> np.ndarray:
     """Structured XYZRGB array from (..., 3) float points (m) and (..., 3) uint8 colours.
 
     The leading shape is kept: (H, W) for an organised cloud, (N,) for an unorganised one.
+    ``layout``: ``"compact"`` (16 bytes a point) or ``"depth_image_proc"`` (32 bytes, zero padding).
     """
+    dtype = layout_dtype(layout)
     p = np.asarray(points)
     if p.shape[-1:] != (3,):
         raise ValueError(f"points must be (..., 3), got {p.shape}")
     if np.asarray(colors).shape != p.shape:
         raise ValueError(f"colors must have the shape of points {p.shape}, got {np.asarray(colors).shape}")
-    out = np.empty(p.shape[:-1], dtype=XYZRGB_DTYPE)
+    out = np.zeros(p.shape[:-1], dtype=dtype)  # zeros: the padding bytes too
     out["x"], out["y"], out["z"] = p[..., 0], p[..., 1], p[..., 2]
     out["rgb"] = pack_rgb(colors)
+    return out
+
+
+def valid_points(cloud: np.ndarray) -> np.ndarray:
+    """(N,) the points of ``cloud`` with a finite z, row-major order, padding bytes zero.
+
+    (Boolean indexing of a padded structured array leaves its padding bytes undefined, so the
+    fields are copied one by one into a zeroed array.)
+    """
+    mask = np.isfinite(cloud["z"])
+    out = np.zeros(int(mask.sum()), dtype=cloud.dtype)
+    for name in cloud.dtype.names:
+        out[name] = cloud[name][mask]
     return out

@@ -26,8 +26,9 @@ frame id):
   ``depth_encoding``): the edited frame (``output:=frame``) or the edited head only (``head``);
 - ``avatar/camera_info``: a copy of the colour CameraInfo (the avatar images share its geometry);
 - ``avatar/points`` (sensor_msgs/PointCloud2): x, y, z float32 (m, optical frame) and rgb packed
-  in a float32 (0x00RRGGBB) at offsets 0, 4, 8, 12, point_step 16, little-endian
-  (:mod:`facediff_ros.core.cloud`); organised H x W with NaN for pixels without depth
+  in a float32 (0x00RRGGBB), little-endian (:mod:`facediff_ros.core.cloud`), by ``cloud_layout``:
+  depth_image_proc's point_cloud_xyzrgb layout (offsets 0, 4, 8, 16, point_step 32, the default)
+  or the compact one (0, 4, 8, 12, point_step 16); organised H x W with NaN for pixels without depth
   (``cloud_organized:=true``) or 1 x N of the valid points only;
 - ``/diagnostics``: backend, rates, drops by reason, per-stage timings.
 
@@ -64,7 +65,7 @@ from facediff_ros.adapters import topics
 from facediff_ros.adapters.cloud import to_pointcloud2
 from facediff_ros.adapters.images import from_camera_info_msg, from_image_msg, to_image_msg
 from facediff_ros.core import images
-from facediff_ros.core.cloud import depth_to_points, xyzrgb_cloud
+from facediff_ros.core.cloud import LAYOUTS, depth_to_points, valid_points, xyzrgb_cloud
 from facediff_ros.core.editor.avatar import MAX_LIVE_STEPS, OUTPUTS, AvatarConfig, AvatarEditor
 from facediff_ros.core.face.expressions import CATEGORIES
 from facediff_ros.core.sync import StampSynchronizer, SyncConfig
@@ -75,6 +76,7 @@ from facediff_ros.nodes.spin import run, stamp_ns
 
 BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "torch")  # backends.BACKENDS
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
+CLOUD_LAYOUTS = tuple(LAYOUTS)  # ("depth_image_proc", "compact")
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "data" / "editor"
 TRAIN_COMMAND = ("python -m facediff_ros.synthetic.editor_data --cache --pairs 6144 && python -m "
                  "facediff_ros.synthetic.train_editor --cache <pairs folder> --out DIR")
@@ -97,6 +99,10 @@ class EditorParams:
     cloud_organized: bool = field(default=True, metadata=param(
         "avatar/points as an organised H x W cloud with NaN points (like depth_image_proc); false: "
         "1 x N, the valid points only"))
+    cloud_layout: str = field(default="depth_image_proc", metadata=param(
+        "avatar/points point layout: depth_image_proc (x y z at 0 4 8, rgb at 16, point_step 32, as "
+        "point_cloud_xyzrgb / PCL's PointXYZRGB) or compact (rgb at 12, point_step 16: half the bytes; "
+        "depth_image_proc is 2x the size)", choices=CLOUD_LAYOUTS))
     depth_encoding: str = field(default="16UC1", metadata=param(
         "avatar/depth encoding: 16UC1 (uint16 millimetres, 0 = no data) or 32FC1 (float metres, NaN = "
         "no data)", choices=DEPTH_ENCODINGS))
@@ -406,9 +412,9 @@ class EditorNode(Node):
         info_out.header = header
         t3 = time.perf_counter()
         self.times.add("images", t3 - t2)
-        cloud = xyzrgb_cloud(depth_to_points(frame.depth_m, K), frame.color)  # (H, W) structured
+        cloud = xyzrgb_cloud(depth_to_points(frame.depth_m, K), frame.color, p.cloud_layout)  # (H, W)
         if not p.cloud_organized:
-            cloud = cloud[np.isfinite(cloud["z"])]  # (N,) valid points, row-major order
+            cloud = valid_points(cloud)  # (N,) valid points, row-major order
         cloud_out = to_pointcloud2(cloud, header)
         t4 = time.perf_counter()
         self.times.add("cloud", t4 - t3)
