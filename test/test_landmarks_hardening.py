@@ -192,7 +192,7 @@ def test_absurd_intrinsics_with_a_real_face_are_counted_drops_never_published_po
     out = node.process(*_messages(color, depth, k, 2, *FACE_INTR.shape[::-1]))
     assert out is None and len(node.pub.msgs) == 1
     assert node.counters["drop_bad_camera_info"] == 1
-    assert "k:" in node.last_drop
+    assert "k:" in node.drops.last
 
 
 def test_depth_with_no_sample_in_range_is_a_counted_drop_not_invalid_landmarks(landmarks_node, face):

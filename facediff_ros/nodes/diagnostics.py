@@ -128,6 +128,24 @@ class Counters:
             return dict(self._c)
 
 
+class FrameDrops:
+    """A node's dropped frames: counted as ``drop_<reason>``, their rate, the last one, and a
+    rate-limited log line naming the node (one piece for every node that drops input)."""
+
+    def __init__(self, counters: Counters, log: RateLimitedLog, node_label: str):
+        self._counters = counters
+        self._log = log
+        self._label = node_label
+        self.rate = RateMeter()
+        self.last = ""
+
+    def add(self, reason: str, message: str) -> None:
+        self._counters.add(f"drop_{reason}")
+        self.rate.tick()
+        self.last = f"{reason}: {message}"
+        self._log(reason, f"{self._label}: dropped a frame ({reason}): {message}")
+
+
 def status(name: str, hardware_id: str, level: bytes, message: str,
            values: Dict[str, object]) -> DiagnosticStatus:
     """A DiagnosticStatus with ``values`` as key/value strings (floats with 3 decimals)."""

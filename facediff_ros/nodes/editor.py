@@ -182,10 +182,9 @@ class EditorNode(Node):
         self.counters = diag.Counters()
         self.rate_in = diag.RateMeter()
         self.rate_out = diag.RateMeter()
-        self.rate_drop = diag.RateMeter()
         self.times = diag.StageTimes()
-        self.last_drop = ""
         self.log_limited = diag.RateLimitedLog(self.get_logger())
+        self.drops = diag.FrameDrops(self.counters, self.log_limited, "editor")
         self._keys = ("color", "depth", "model") if p.use_depth else ("color", "model")
         self.sync = StampSynchronizer(self._keys, p.sync())
         self._sync_lock = threading.Lock()
@@ -230,17 +229,11 @@ class EditorNode(Node):
                 self.sync.reconfigure(new.sync())
 
     # ---- callbacks -----------------------------------------------------------------------------
-    def _drop(self, reason: str, message: str) -> None:
-        self.counters.add(f"drop_{reason}")
-        self.rate_drop.tick()
-        self.last_drop = f"{reason}: {message}"
-        self.log_limited(reason, f"editor: dropped a frame ({reason}): {message}")
-
     def on_info(self, msg: CameraInfo) -> None:
         try:
             from_camera_info_msg(msg)  # checked here (K plausible too) so a bad one never replaces a good one
         except Exception as exc:  # noqa: BLE001 - a malformed CameraInfo must not kill the node
-            self._drop("bad_camera_info", str(exc))
+            self.drops.add("bad_camera_info", str(exc))
             return
         self._info = msg
 
@@ -260,7 +253,7 @@ class EditorNode(Node):
             with self._sync_lock:
                 matched = self.sync.add(key, stamp_ns(msg), msg)
         except Exception as exc:  # noqa: BLE001
-            self._drop("bad_header", f"{key}: {exc}")
+            self.drops.add("bad_header", f"{key}: {exc}")
             return
         for m in matched:
             self.submit(m)
@@ -303,7 +296,7 @@ class EditorNode(Node):
         """Hand a matched set to the worker; a set still waiting is replaced and counted stale."""
         with self._cond:
             if self._waiting is not None:
-                self._drop("stale", "the editor was still busy; a newer frame replaced this one")
+                self.drops.add("stale", "the editor was still busy; a newer frame replaced this one")
             self._waiting = matched
             self._cond.notify()
 
@@ -340,7 +333,7 @@ class EditorNode(Node):
         try:
             return self._process(matched)
         except Exception as exc:  # noqa: BLE001 - never let one frame take the node down
-            self._drop("internal_error", f"{type(exc).__name__}: {exc}")
+            self.drops.add("internal_error", f"{type(exc).__name__}: {exc}")
         return False
 
     def _model_state(self, msg: FaceModel):
@@ -361,34 +354,34 @@ class EditorNode(Node):
         p = self.params.config
         info = self._info
         if info is None:
-            self._drop("no_camera_info", "no colour CameraInfo received yet")
+            self.drops.add("no_camera_info", "no colour CameraInfo received yet")
             return False
         color_msg = m["color"]
         K = from_camera_info_msg(info)
         try:
             color = images.to_rgb8(from_image_msg(color_msg), color_msg.encoding)
         except ValueError as exc:
-            self._drop("bad_color", str(exc))
+            self.drops.add("bad_color", str(exc))
             return False
         if color.shape[:2] != K.shape:
-            self._drop("size_mismatch", f"colour {color.shape[1]}x{color.shape[0]}, CameraInfo "
-                       f"{K.width}x{K.height}")
+            self.drops.add("size_mismatch", f"colour {color.shape[1]}x{color.shape[0]}, CameraInfo "
+                           f"{K.width}x{K.height}")
             return False
         depth = None
         if "depth" in m:
             try:
                 depth = images.depth_to_meters(from_image_msg(m["depth"]), m["depth"].encoding)
             except ValueError as exc:
-                self._drop("bad_depth", str(exc))
+                self.drops.add("bad_depth", str(exc))
                 return False
             if depth.shape != K.shape:
-                self._drop("size_mismatch", f"depth {depth.shape[1]}x{depth.shape[0]}, CameraInfo "
-                           f"{K.width}x{K.height}")
+                self.drops.add("size_mismatch", f"depth {depth.shape[1]}x{depth.shape[0]}, CameraInfo "
+                               f"{K.width}x{K.height}")
                 return False
         try:
             fit = self._model_state(m["model"])
         except ValueError as exc:
-            self._drop("bad_model", str(exc))
+            self.drops.add("bad_model", str(exc))
             return False
         t1 = time.perf_counter()
         self.times.add("decode", t1 - t0)
@@ -396,7 +389,7 @@ class EditorNode(Node):
             frame = self.avatar.edit_frame(color, depth, K, fit, p.expression, p.intensity,
                                            extra_weights=self._extra_weights, steps=p.steps, output=p.output)
         except ValueError as exc:
-            self._drop("edit_refused", str(exc))
+            self.drops.add("edit_refused", str(exc))
             return False
         for stage, ms in frame.timings.items():
             self.times.add(f"edit_{stage}", ms / 1e3)
@@ -441,9 +434,9 @@ class EditorNode(Node):
             level, msg = diag.OK, f"{rout:.1f} edited frames/s from {rin:.1f} colour frames/s"
         elif rin == 0:
             level, msg = diag.WARN, "no colour image received in the last 2 s"
-        elif self.rate_drop.rate() > 0:
+        elif self.drops.rate.rate() > 0:
             level = diag.ERROR
-            msg = f"input arrives ({rin:.1f} Hz) but every frame is dropped; last: {self.last_drop}"
+            msg = f"input arrives ({rin:.1f} Hz) but every frame is dropped; last: {self.drops.last}"
         else:
             level = diag.WARN
             msg = f"input arrives ({rin:.1f} Hz); no edit yet (waiting for face/model partners?)"

@@ -108,13 +108,12 @@ class FittingNode(Node):
         self.counters = diag.Counters()
         self.rate_in = diag.RateMeter()
         self.rate_out = diag.RateMeter()
-        self.rate_drop = diag.RateMeter()
         self.rate_lost = diag.RateMeter()
-        self.last_drop = ""
         self.last_lost = ""
         self.last_result: Optional[FitResult] = None
         self.times = diag.StageTimes()
         self.log_limited = diag.RateLimitedLog(self.get_logger())
+        self.drops = diag.FrameDrops(self.counters, self.log_limited, "fitting")
         self.tracker = FaceTracker(TrackerConfig(num_identity=p.num_identity))
         self._mesh_tris = self._mesh_triangles(p.mesh_region)
         self.sync = StampSynchronizer(_SYNC_KEYS, p.sync())
@@ -148,17 +147,11 @@ class FittingNode(Node):
             self.sync.reconfigure(new.sync())
 
     # ---- callbacks -----------------------------------------------------------------------------
-    def _drop(self, reason: str, message: str) -> None:
-        self.counters.add(f"drop_{reason}")
-        self.rate_drop.tick()
-        self.last_drop = f"{reason}: {message}"
-        self.log_limited(reason, f"fitting: dropped a frame ({reason}): {message}")
-
     def on_info(self, msg: CameraInfo) -> None:
         try:
             self._intrinsics = from_camera_info_msg(msg)
         except Exception as exc:  # noqa: BLE001 - a malformed CameraInfo must not kill the node
-            self._drop("bad_camera_info", str(exc))
+            self.drops.add("bad_camera_info", str(exc))
 
     def on_landmarks(self, msg: FaceLandmarks) -> None:
         self.rate_in.tick()
@@ -175,7 +168,7 @@ class FittingNode(Node):
         try:
             matched = self.sync.add(key, stamp_ns(msg), msg)
         except Exception as exc:  # noqa: BLE001
-            self._drop("bad_header", f"{key}: {exc}")
+            self.drops.add("bad_header", f"{key}: {exc}")
             return
         for m in matched:
             self.process(m["landmarks"], m["depth"])
@@ -186,23 +179,23 @@ class FittingNode(Node):
         try:
             return self._process(lm_msg, depth_msg)
         except Exception as exc:  # noqa: BLE001 - never let one frame take the node down
-            self._drop("internal_error", f"{type(exc).__name__}: {exc}")
+            self.drops.add("internal_error", f"{type(exc).__name__}: {exc}")
         return None
 
     def _process(self, lm_msg: FaceLandmarks, depth_msg: Optional[Image]) -> Optional[FitResult]:
         t0 = time.perf_counter()
         K = self._intrinsics
         if K is None:
-            self._drop("no_camera_info", "no colour CameraInfo received yet")
+            self.drops.add("no_camera_info", "no colour CameraInfo received yet")
             return None
         try:
             lm = landmarks_adapter.from_msg(lm_msg)
         except ValueError as exc:
-            self._drop("bad_landmarks", str(exc))
+            self.drops.add("bad_landmarks", str(exc))
             return None
         if (lm.image_width, lm.image_height) != (K.width, K.height):
-            self._drop("size_mismatch", f"landmarks of a {lm.image_width}x{lm.image_height} image, "
-                       f"CameraInfo {K.width}x{K.height}")
+            self.drops.add("size_mismatch", f"landmarks of a {lm.image_width}x{lm.image_height} image, "
+                           f"CameraInfo {K.width}x{K.height}")
             return None
         depth = None
         if depth_msg is not None:
@@ -213,7 +206,7 @@ class FittingNode(Node):
                                      f"{K.width}x{K.height}")
             except ValueError as exc:
                 if not self.params.config.colour_only_fallback:
-                    self._drop("bad_depth", str(exc))
+                    self.drops.add("bad_depth", str(exc))
                     return None
                 self.counters.add("depth_unusable")
                 depth = None
@@ -222,7 +215,7 @@ class FittingNode(Node):
         try:
             result = self.tracker.update(K, lm.uv, lm.points, lm.valid, depth)
         except ValueError as exc:
-            self._drop("bad_landmarks", str(exc))
+            self.drops.add("bad_landmarks", str(exc))
             return None
         for stage, ms in result.timings.items():
             self.times.add(f"fit_{stage}", ms / 1e3)
@@ -260,9 +253,9 @@ class FittingNode(Node):
             level, msg = diag.OK, f"{rout:.1f} fits/s from {rin:.1f} landmark frames/s"
         elif rin == 0:
             level, msg = diag.WARN, "no face/landmarks received in the last 2 s"
-        elif self.rate_drop.rate() > 0 and self.rate_lost.rate() == 0:
+        elif self.drops.rate.rate() > 0 and self.rate_lost.rate() == 0:
             level = diag.ERROR
-            msg = f"input arrives ({rin:.1f} Hz) but every frame is dropped; last: {self.last_drop}"
+            msg = f"input arrives ({rin:.1f} Hz) but every frame is dropped; last: {self.drops.last}"
         elif self.rate_lost.rate() > 0:
             level = diag.WARN
             msg = f"input arrives ({rin:.1f} Hz) but the face is lost; last: {self.last_lost}"

@@ -151,11 +151,10 @@ class LandmarksNode(Node):
         self.counters = diag.Counters()
         self.rate_in = diag.RateMeter()
         self.rate_out = diag.RateMeter()
-        self.rate_drop = diag.RateMeter()
         self.rate_no_face = diag.RateMeter()
-        self.last_drop = ""
         self.times = diag.StageTimes()
         self.log_limited = diag.RateLimitedLog(self.get_logger())
+        self.drops = diag.FrameDrops(self.counters, self.log_limited, "landmarks")
         self.pipeline = LandmarkPipeline(p.pipeline())
         self.sync = StampSynchronizer(_SYNC_KEYS, p.sync())
         self._last_info_time: Optional[float] = None
@@ -186,12 +185,6 @@ class LandmarksNode(Node):
             self.sync.reconfigure(new.sync())
 
     # ---- callbacks -----------------------------------------------------------------------------
-    def _drop(self, reason: str, message: str) -> None:
-        self.counters.add(f"drop_{reason}")
-        self.rate_drop.tick()
-        self.last_drop = f"{reason}: {message}"
-        self.log_limited(reason, f"landmarks: dropped a frame ({reason}): {message}")
-
     def on_color(self, msg: Image) -> None:
         self.rate_in.tick()
         self.counters.add("frames_in")
@@ -203,8 +196,8 @@ class LandmarksNode(Node):
         since = self._last_info_time if self._last_info_time is not None else self._first_color_time
         info_age = now - since
         if info_age > _INFO_MISSING_S:
-            self._drop("no_camera_info", f"no CameraInfo on the colour camera_info topic for "
-                       f"{info_age:.1f} s; is the driver publishing it?")
+            self.drops.add("no_camera_info", f"no CameraInfo on the colour camera_info topic for "
+                           f"{info_age:.1f} s; is the driver publishing it?")
             return
         self._add("color", msg)
 
@@ -222,7 +215,7 @@ class LandmarksNode(Node):
         try:
             matched = self.sync.add(key, stamp_ns(msg), msg)
         except Exception as exc:  # noqa: BLE001 - a malformed header must not kill the node
-            self._drop("bad_header", f"{key}: {exc}")
+            self.drops.add("bad_header", f"{key}: {exc}")
             return
         for m in matched:
             self.process(m["color"], m["depth"], m["info"])
@@ -233,9 +226,9 @@ class LandmarksNode(Node):
         try:
             return self._process(color_msg, depth_msg, info_msg)
         except FrameDropped as exc:
-            self._drop(exc.reason, str(exc))
+            self.drops.add(exc.reason, str(exc))
         except Exception as exc:  # noqa: BLE001 - never let one frame take the node down
-            self._drop("internal_error", f"{type(exc).__name__}: {exc}")
+            self.drops.add("internal_error", f"{type(exc).__name__}: {exc}")
         return None
 
     def _process(self, color_msg, depth_msg, info_msg):
@@ -273,9 +266,9 @@ class LandmarksNode(Node):
             level, msg = diag.OK, f"{rout:.1f} faces/s from {rin:.1f} frames/s"
         elif rin == 0:
             level, msg = diag.WARN, "no colour images received in the last 2 s"
-        elif self.rate_drop.rate() > 0 and self.rate_no_face.rate() == 0:
+        elif self.drops.rate.rate() > 0 and self.rate_no_face.rate() == 0:
             level = diag.ERROR
-            msg = f"input arrives ({rin:.1f} Hz) but every frame is dropped; last: {self.last_drop}"
+            msg = f"input arrives ({rin:.1f} Hz) but every frame is dropped; last: {self.drops.last}"
         elif self.rate_no_face.rate() > 0:
             level, msg = diag.WARN, f"input arrives ({rin:.1f} Hz) but no face is found"
         else:
