@@ -120,3 +120,79 @@ def test_reconfigure_counts_what_it_discards_and_keeps_earlier_counts():
     assert sync.add("color", 502 * MS, "c502") == [{"color": "c502", "depth": "d500", "info": "i503"}]
     with pytest.raises(ValueError, match="config"):
         sync.reconfigure({"tolerance_s": 0.1})
+
+
+# ---- report_unmatched: the colour frames given up on come back as partial sets -------------------
+def test_default_drops_what_report_unmatched_hands_back():
+    """Same input, both modes: without the flag the frame without a model is a counted drop; with it,
+    the frame comes back with its depth (and no model), in stamp order before the next match."""
+    def feed(sync):
+        out = []
+        for s in (1, 2):
+            out += sync.add("color", s, f"c{s}")
+            out += sync.add("depth", s, f"d{s}")
+        out += sync.add("model", 2, "m2")  # frame 1 never gets a model
+        return out
+
+    plain = StampSynchronizer(["color", "depth", "model"])
+    assert feed(plain) == [{"color": "c2", "depth": "d2", "model": "m2"}]
+    assert plain.dropped["unpaired_color"] == 1 and plain.unmatched == 0
+    reporting = StampSynchronizer(["color", "depth", "model"], report_unmatched=True)
+    assert feed(reporting) == [{"color": "c1", "depth": "d1"}, {"color": "c2", "depth": "d2", "model": "m2"}]
+    assert reporting.unmatched == 1 and sum(reporting.dropped.values()) == 0
+    assert all(reporting.pending(k) == 0 for k in ("color", "depth", "model"))
+
+
+@pytest.mark.parametrize("depth_first", [True, False])
+def test_no_model_at_all_hands_every_frame_back_with_its_own_depth(depth_first):
+    """The fitting chain is silent: each colour frame comes back once the queue is full, paired
+    with the depth of its own stamp whichever stream arrives first (depth must not overflow first)."""
+    sync = StampSynchronizer(["color", "depth", "model"], SyncConfig(queue_size=3), report_unmatched=True)
+    out = []
+    for s in range(10):
+        order = ("depth", "color") if depth_first else ("color", "depth")
+        for k in order:
+            out += sync.add(k, s * MS, f"{k[0]}{s}")
+    assert [m["color"] for m in out] == [f"c{s}" for s in range(len(out))]
+    assert all(set(m) == {"color", "depth"} and m["depth"] == "d" + m["color"][1:] for m in out)
+    assert len(out) >= 10 - 3 - 1  # at most queue_size (+1 being paired) still waiting
+    assert sync.received["color"] == sync.matched + sync.unmatched + sync.pending("color")
+    assert sync.dropped["unpaired_depth"] == 0 and sync.dropped["overflow_depth"] == 0
+
+
+def test_backwards_time_hands_the_waiting_frames_back():
+    sync = StampSynchronizer(["color", "model"], report_unmatched=True)
+    sync.add("color", 50, "c50")
+    sync.add("color", 51, "c51")
+    out = sync.add("color", 3, "c3")  # the recording looped
+    assert out == [{"color": "c50"}, {"color": "c51"}] and sync.resets == 1
+    assert sync.add("model", 3, "m3") == [{"color": "c3", "model": "m3"}]
+
+
+def test_every_colour_frame_is_matched_handed_back_or_waiting_exactly_once():
+    """Random losses and arrival orders: no colour frame is lost or duplicated, a partial set's
+    partners carry its stamp, a full set's too."""
+    import random
+    for seed in range(30):
+        rng = random.Random(seed)
+        sync = StampSynchronizer(["color", "depth", "model"], SyncConfig(queue_size=rng.randint(1, 6)),
+                                 report_unmatched=True)
+        out = []
+        events = []
+        for s in range(40):
+            for k, lag in (("color", 0), ("depth", rng.choice([0, 0, 1])), ("model", rng.randint(0, 4))):
+                if rng.random() < (0.3 if k == "model" else 0.05):
+                    continue  # lost
+                events.append((s + lag + rng.random() * 0.5, k, s))
+        per_key = {}
+        for _, k, s in sorted(events):
+            per_key.setdefault(k, [])
+            if per_key[k] and s < per_key[k][-1]:
+                continue  # streams deliver in stamp order
+            per_key[k].append(s)
+            out += sync.add(k, s, f"{k[0]}{s}")
+        colours = [m["color"] for m in out]
+        assert len(colours) == len(set(colours)) == sync.matched + sync.unmatched
+        assert len(colours) + sync.pending("color") == len(per_key["color"])
+        assert all(m[k][1:] == m["color"][1:] for m in out for k in m)
+        assert [int(c[1:]) for c in colours] == sorted(int(c[1:]) for c in colours)

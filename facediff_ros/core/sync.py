@@ -16,6 +16,15 @@ Rules (each stream is assumed to arrive in stamp order, as DDS delivers one writ
   and counted as ``overflow_<key>``.
 - :meth:`StampSynchronizer.reconfigure` (new tolerance or queue size) drops what is queued,
   counted as ``reset_<key>``; the counts so far are kept.
+
+With ``report_unmatched=True`` the pivot messages the synchroniser gives up on are not dropped but
+handed back by :meth:`StampSynchronizer.add`, in stamp order among the matched sets, as *partial*
+sets: the pivot plus whichever partners exist (a key is missing where no partner does), each
+partner taken out of its queue. A pivot is given up when it is hopeless (above), when its queue
+overflows, when a partner stream's overflow would drop its partner, or when time goes backwards;
+such a set is counted in :attr:`StampSynchronizer.unmatched`, not in ``dropped``. The editor
+passes those colour frames through unedited instead of losing them. Without the flag nothing
+changes.
 """
 
 from __future__ import annotations
@@ -46,7 +55,8 @@ class SyncConfig:
 class StampSynchronizer:
     """Matches one message of each stream by stamp (integer nanoseconds)."""
 
-    def __init__(self, keys: Sequence[str], config: SyncConfig = SyncConfig()):
+    def __init__(self, keys: Sequence[str], config: SyncConfig = SyncConfig(),
+                 report_unmatched: bool = False):
         keys = list(keys)
         if len(keys) < 2 or len(set(keys)) != len(keys):
             raise ValueError(f"keys: expected at least two distinct stream names, got {keys}")
@@ -58,6 +68,8 @@ class StampSynchronizer:
         self.matched = 0
         self.resets = 0  # times a stream's stamps went backwards and the queues were cleared
         self.received: Counter = Counter()
+        self.report_unmatched = bool(report_unmatched)
+        self.unmatched = 0  # pivot messages handed back as partial sets (report_unmatched)
 
     def reconfigure(self, config: SyncConfig) -> int:
         """Use ``config`` from now on; returns how many queued messages were dropped.
@@ -83,24 +95,51 @@ class StampSynchronizer:
         return len(self._queues[key])
 
     def add(self, key: str, stamp_ns: int, item: Any) -> List[Dict[str, Any]]:
-        """Queue ``item`` of stream ``key``; return the sets (key -> item) matched by it, oldest first."""
+        """Queue ``item`` of stream ``key``; return the sets (key -> item) matched by it, oldest first.
+
+        With ``report_unmatched``, the pivot messages given up on come back too, as partial sets
+        (no key for a stream without a partner) in stamp order among the matched ones.
+        """
         if key not in self._queues:
             raise ValueError(f"key: unknown stream {key!r}; expected one of {self.keys}")
         q = self._queues[key]
+        pivot = self._queues[self.keys[0]]
         self.received[key] += 1
+        out: List[Dict[str, Any]] = []
         if q and int(stamp_ns) < q[-1][0]:
             # Time went backwards on this stream (a recording looped, a bag restarted): what is
             # queued belongs to the old timeline and would block the new one, so start afresh
             # (message_filters does the same on a backwards jump).
+            while self.report_unmatched and pivot:
+                out.append(self._give_up())
             for k, other in self._queues.items():
                 self.dropped[f"unpaired_{k}"] += len(other)
                 other.clear()
             self.resets += 1
         q.append((int(stamp_ns), item))
+        if len(q) > self.config.queue_size and self.report_unmatched:
+            if q is pivot:
+                out.append(self._give_up())
+            else:
+                # The waiting pivots this stream's oldest message could partner would lose it.
+                while pivot and len(q) > self.config.queue_size and pivot[0][0] <= q[0][0] + self._tol_ns:
+                    out.append(self._give_up())
         if len(q) > self.config.queue_size:
             q.popleft()
             self.dropped[f"overflow_{key}"] += 1
-        return self._match()
+        return out + self._match()
+
+    def _give_up(self) -> Dict[str, Any]:
+        """The oldest pivot as a partial set with the partners there are (taken from their queues)."""
+        stamp, item = self._queues[self.keys[0]].popleft()
+        partial = {self.keys[0]: item}
+        for k in self.keys[1:]:
+            i = self._find(k, stamp)
+            if i is not None:
+                partial[k] = self._queues[k][i][1]
+                del self._queues[k][i]
+        self.unmatched += 1
+        return partial
 
     def _find(self, key: str, stamp: int) -> Optional[int]:
         """Index of the partner of ``stamp`` in ``key``'s queue: equal stamp, else nearest in tolerance."""
@@ -146,8 +185,11 @@ class StampSynchronizer:
                 out.append(match)
                 continue
             if hopeless:
-                self._queues[pivot].popleft()
-                self.dropped[f"unpaired_{pivot}"] += 1
+                if self.report_unmatched:
+                    out.append(self._give_up())
+                else:
+                    self._queues[pivot].popleft()
+                    self.dropped[f"unpaired_{pivot}"] += 1
                 continue
             break
         # Others older than the oldest waiting pivot (minus tolerance) can never be matched.

@@ -13,7 +13,12 @@ Subscribes (names relative to the node's namespace)::
 
 Colour, depth and face model are paired by stamp (:mod:`facediff_ros.core.sync`; the model comes
 from the fitting chain, so colour waits in the synchroniser until its fit arrives or a later one
-shows it never will); the newest colour CameraInfo gives the intrinsics. Each set is edited by
+shows it never will); the newest colour CameraInfo gives the intrinsics. A colour frame with no
+FaceModel of its stamp (none came, or only older ones: no face found, the fitting chain is down
+or behind) is passed through **unedited** -- its own colour, depth, CameraInfo and cloud -- once a
+later model shows it will get none, or once ``sync_queue_size`` newer frames wait (no models at
+all: the frames come out that many frames late); it is counted ``passthrough_no_face_model`` and
+said in /diagnostics. Each set is edited by
 :class:`facediff_ros.core.editor.avatar.AvatarEditor` on a worker thread that holds at most one
 waiting set: a set that arrives while another is still waiting replaces it (counted
 ``drop_stale``), so an editor slower than the camera works on the newest frame instead of a
@@ -182,11 +187,13 @@ class EditorNode(Node):
         self.counters = diag.Counters()
         self.rate_in = diag.RateMeter()
         self.rate_out = diag.RateMeter()
+        self.rate_passthrough = diag.RateMeter()  # frames published unedited: no face model
         self.times = diag.StageTimes()
         self.log_limited = diag.RateLimitedLog(self.get_logger())
         self.drops = diag.FrameDrops(self.counters, self.log_limited, "editor")
         self._keys = ("color", "depth", "model") if p.use_depth else ("color", "model")
-        self.sync = StampSynchronizer(self._keys, p.sync())
+        # Colour frames the synchroniser gives up on come back without a model: passed through.
+        self.sync = StampSynchronizer(self._keys, p.sync(), report_unmatched=True)
         self._sync_lock = threading.Lock()
         self._info: Optional[CameraInfo] = None
         self._extra_weights: Optional[np.ndarray] = None  # (E,) from the last ExpressionTarget
@@ -378,6 +385,23 @@ class EditorNode(Node):
                 self.drops.add("size_mismatch", f"depth {depth.shape[1]}x{depth.shape[0]}, CameraInfo "
                                f"{K.width}x{K.height}")
                 return False
+        elif p.use_depth:
+            # Given up on without its depth either: nothing to pass through as a cloud.
+            self.drops.add("no_depth", "no aligned depth with this colour frame's stamp")
+            return False
+        if "model" not in m:
+            # No FaceModel for this frame (none came, or only older ones): the raw frame, unedited.
+            if depth is None:
+                self.drops.add("no_face_model", "no face model for this colour-only frame")
+                return False
+            t1 = time.perf_counter()
+            self.times.add("decode", t1 - t0)
+            self._publish(p, color_msg.header, info, K, color, depth, t0, t1)
+            self.counters.add("passthrough_no_face_model")
+            self.rate_passthrough.tick()
+            self.log_limited("passthrough", "editor: no face model for this frame: passed through unedited",
+                             "info")
+            return True
         try:
             fit = self._model_state(m["model"])
         except ValueError as exc:
@@ -393,19 +417,26 @@ class EditorNode(Node):
             return False
         for stage, ms in frame.timings.items():
             self.times.add(f"edit_{stage}", ms / 1e3)
-        t2 = time.perf_counter()
-        header = color_msg.header
+        self._publish(p, color_msg.header, info, K, frame.color, frame.depth_m, t0, time.perf_counter())
+        self.counters.add(f"category_{frame.category}")
+        if frame.colour_only:
+            self.counters.add("colour_only")
+        return True
+
+    def _publish(self, p: EditorParams, header, info: CameraInfo, K, color: np.ndarray,
+                 depth_m: np.ndarray, t0: float, t2: float) -> None:
+        """Publish colour (rgb8), depth, CameraInfo and the cloud of one frame with ``header``."""
         if p.depth_encoding == "16UC1":
-            depth_img = images.depth_m_to_mm(frame.depth_m)
+            depth_img = images.depth_m_to_mm(depth_m)
         else:
-            depth_img = frame.depth_m
-        color_out = to_image_msg(frame.color, "rgb8", header)
+            depth_img = depth_m
+        color_out = to_image_msg(color, "rgb8", header)
         depth_out = to_image_msg(depth_img, p.depth_encoding, header)
         info_out = copy.deepcopy(info)
         info_out.header = header
         t3 = time.perf_counter()
         self.times.add("images", t3 - t2)
-        cloud = xyzrgb_cloud(depth_to_points(frame.depth_m, K), frame.color, p.cloud_layout)  # (H, W)
+        cloud = xyzrgb_cloud(depth_to_points(depth_m, K), color, p.cloud_layout)  # (H, W)
         if not p.cloud_organized:
             cloud = valid_points(cloud)  # (N,) valid points, row-major order
         cloud_out = to_pointcloud2(cloud, header)
@@ -419,18 +450,21 @@ class EditorNode(Node):
         self.times.add("publish", t5 - t4)
         self.times.add("total", t5 - t0)
         self.counters.add("frames_out")
-        self.counters.add(f"category_{frame.category}")
-        if frame.colour_only:
-            self.counters.add("colour_only")
         self.rate_out.tick()
-        return True
 
     # ---- diagnostics ---------------------------------------------------------------------------
     def diagnostic_status(self):
         """OK: edited frames are published; WARN: no input, or input but nothing paired yet;
         ERROR: input arrives and every frame is dropped."""
-        rin, rout = self.rate_in.rate(), self.rate_out.rate()
-        if rout > 0:
+        rin, rout, rpass = self.rate_in.rate(), self.rate_out.rate(), self.rate_passthrough.rate()
+        if rout > 0 and rpass >= rout:
+            level = diag.WARN
+            msg = (f"no face model for this frame: {rpass:.1f} frames/s passed through unedited from "
+                   f"{rin:.1f} colour frames/s")
+        elif rpass > 0:
+            level, msg = diag.OK, (f"{rout - rpass:.1f} edited frames/s and {rpass:.1f}/s passed through "
+                                   f"unedited (no face model for this frame) from {rin:.1f} colour frames/s")
+        elif rout > 0:
             level, msg = diag.OK, f"{rout:.1f} edited frames/s from {rin:.1f} colour frames/s"
         elif rin == 0:
             level, msg = diag.WARN, "no colour image received in the last 2 s"
@@ -441,7 +475,8 @@ class EditorNode(Node):
             level = diag.WARN
             msg = f"input arrives ({rin:.1f} Hz); no edit yet (waiting for face/model partners?)"
         p = self.params.config
-        values = {"rate_in_hz": rin, "rate_out_hz": rout, "backend": self.backend_text,
+        values = {"rate_in_hz": rin, "rate_out_hz": rout, "rate_passthrough_hz": rpass,
+                  "backend": self.backend_text,
                   "expression": p.expression, "intensity": float(p.intensity), "steps": p.steps,
                   "output": p.output}
         values.update(self.counters.snapshot())
