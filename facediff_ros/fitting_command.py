@@ -294,7 +294,7 @@ def overlay_image(rgb: np.ndarray, render, residual_mm: Optional[np.ndarray], uv
 class Fitter:
     """Landmarks + tracker + report renderer for one input stream (one camera)."""
 
-    def __init__(self, single_image: bool):
+    def __init__(self, single_image: bool, max_faces: int = 1):
         from facediff_ros.core.face.morphable_model import REGIONS
         from facediff_ros.core.fitting.tracker import FaceTracker
         from facediff_ros.core.landmarks.face_mesh import FaceMeshConfig
@@ -302,7 +302,8 @@ class Fitter:
         # One image: run the face detector on it (tracking mode would too, on a first frame, but
         # static mode says what is meant); a recording: tracking mode, as the landmark node.
         self.pipeline = LandmarkPipeline(PipelineConfig(
-            face_mesh=FaceMeshConfig(static_image_mode=single_image)))
+            face_mesh=FaceMeshConfig(static_image_mode=single_image, max_num_faces=max_faces)))
+        self.last_face_count = 0  # faces MediaPipe found in the last frame (up to max_faces)
         self.tracker = FaceTracker()
         self.model = self.tracker.model
         tris, _, poly = self.model.triangles((MESH_REGION,))
@@ -322,6 +323,7 @@ class Fitter:
         from facediff_ros.core.landmarks.face_mesh import select_face
         from facediff_ros.core.landmarks.lifting import lift_landmarks
         faces = self.pipeline.face_mesh.process(frame.rgb)
+        self.last_face_count = len(faces)
         if not faces:
             return None
         cfg = self.pipeline.config
