@@ -11,7 +11,8 @@
     facediff export     the editor network -> ONNX (static shapes, parity with torch checked) and, with
                         --tensorrt, a cached TensorRT engine; writes editor.onnx + export.json into --out
     facediff montage    render the docs montage (identities x expressions, colour + depth) to a PNG
-    facediff params     the nodes' parameter tables (Markdown); --readme FILE rewrites README's tables
+    facediff params     the nodes' parameter tables (Markdown); --readme FILE rewrites README's tables;
+                        --yaml DIR writes the parameters files (config/<node>.yaml)
 """
 
 from __future__ import annotations
@@ -103,6 +104,11 @@ def readme_with_param_tables(text: str) -> str:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
+    if args.yaml:
+        from facediff_ros.bringup.params_files import write_all
+        for node, path in write_all(args.yaml).items():
+            print(f"wrote {path} ({node})")
+        return 0
     if args.readme:
         from pathlib import Path
         path = Path(args.readme)
@@ -174,6 +180,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.set_defaults(func=_cmd_montage)
     p = sub.add_parser("params", help="print the nodes' parameter tables (Markdown)")
     p.add_argument("--readme", help="rewrite the tables between the params markers of this file")
+    p.add_argument("--yaml", metavar="DIR", help="write the nodes' parameters files DIR/<node>.yaml "
+                   "(config/ is generated this way)")
     p.set_defaults(func=_cmd_params)
     p = sub.add_parser("bench", help="run the benchmarks (all, or one target)")
     p.add_argument("target", nargs="?", choices=list(BENCHMARKS),
