@@ -11,6 +11,8 @@
     facediff export     the editor network -> ONNX (static shapes, parity with torch checked) and, with
                         --tensorrt, a cached TensorRT engine; writes editor.onnx + export.json into --out
     facediff montage    render the docs montage (identities x expressions, colour + depth) to a PNG
+    facediff bringup    the whole graph as separate node processes (launch/avatar.launch.py's
+                        arguments as --name value); Ctrl-C stops it
     facediff params     the nodes' parameter tables (Markdown); --readme FILE rewrites README's tables;
                         --yaml DIR writes the parameters files (config/<node>.yaml)
 """
@@ -165,6 +167,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return int(run_demo(duration_s=args.duration, frames=args.frames)["returncode"])
 
 
+def _cmd_bringup(args: argparse.Namespace) -> int:
+    import shlex
+
+    from facediff_ros.bringup import graph
+    overrides = {a.name: getattr(args, a.name) for a in graph.ARGUMENTS if getattr(args, a.name) is not None}
+    try:
+        specs = graph.node_specs(overrides)
+    except ValueError as exc:
+        print(f"facediff bringup: {exc}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for spec in specs:
+            print(shlex.join(graph.command(spec)))
+        return 0
+    from facediff_ros.bringup import processes  # imported here: signals, sub-processes
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+    try:
+        return processes.run(specs, log=log, echo=lambda line: print(line, flush=True),
+                             duration_s=args.duration)
+    except ValueError as exc:  # an executable (rviz2) missing: nothing was started
+        print(f"facediff bringup: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="facediff", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,6 +242,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--frames", type=int, help="use the sample's first N frames (default: all of them)")
     p.add_argument("--duration", type=float, help="longest time (s) to collect frames")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("bringup", help="start the whole graph as separate node processes (the launch "
+                                       "file's arguments; no ros2 launch needed)")
+    from facediff_ros.bringup.graph import ARGUMENTS  # no rclpy, no launch
+    for a in ARGUMENTS:
+        shown = "" if not a.choices else " {" + ",".join(c or "''" for c in a.choices) + "}"
+        p.add_argument("--" + a.name.replace("_", "-"), dest=a.name, metavar="VALUE",
+                       help=f"{a.description}{shown} (default {a.default!r})".replace("%", "%%"))
+    p.add_argument("--duration", type=float, help="stop the graph after this many seconds (default: Ctrl-C)")
+    p.add_argument("--dry-run", action="store_true", help="print the node command lines, start nothing")
+    p.set_defaults(func=_cmd_bringup)
     args = parser.parse_args(argv)
     return args.func(args)
 
