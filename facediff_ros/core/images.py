@@ -213,7 +213,8 @@ def array_to_image_fields(arr: np.ndarray, encoding: str, is_bigendian: bool = F
         padded[:, :row_bytes] = raw
         raw = padded
     return {"height": int(height), "width": int(width), "encoding": encoding,
-            "is_bigendian": big, "step": int(step), "data": memoryview(raw).cast("B")}
+            # 1-D uint8 is format "B" already; .cast("B") refused an empty (0-row/0-column) image.
+            "is_bigendian": big, "step": int(step), "data": memoryview(raw.reshape(-1))}
 
 
 def to_rgb8(arr: np.ndarray, encoding: str) -> np.ndarray:
