@@ -9,6 +9,7 @@ them into messages (one copy of the pixels each) and reads them back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, Image
@@ -24,11 +25,11 @@ class CameraMessages:
     """The messages of one frame; all share one header (stamp, colour optical frame id).
 
     ``info`` is published on both camera_info topics (the depth is aligned to colour, so it has
-    the colour camera's intrinsics).
+    the colour camera's intrinsics). ``depth`` is None for a colour-only frame (a webcam).
     """
 
     color: Image
-    depth: Image
+    depth: Optional[Image]
     info: CameraInfo
 
 
@@ -42,7 +43,8 @@ def device_stamp(frame: CapturedFrame) -> Time:
 
 
 def frame_messages(frame: CapturedFrame, stamp: Time, frame_id: str, depth_encoding: str) -> CameraMessages:
-    """colour (rgb8), aligned depth (``depth_encoding``: 16UC1 mm or 32FC1 m) and CameraInfo of ``frame``.
+    """colour (rgb8), aligned depth (``depth_encoding``: 16UC1 mm or 32FC1 m; None for a colour-only
+    frame) and CameraInfo of ``frame``.
 
     :param stamp: header stamp of all three (node clock or :func:`device_stamp`).
     :param frame_id: the colour optical frame, e.g. ``camera_color_optical_frame``.
@@ -51,5 +53,5 @@ def frame_messages(frame: CapturedFrame, stamp: Time, frame_id: str, depth_encod
     color, depth = publish_arrays(frame, depth_encoding)
     header = Header(stamp=stamp, frame_id=frame_id)
     return CameraMessages(color=to_image_msg(color, "rgb8", header),
-                          depth=to_image_msg(depth, depth_encoding, header),
+                          depth=None if depth is None else to_image_msg(depth, depth_encoding, header),
                           info=to_camera_info_msg(frame.intrinsics, header))

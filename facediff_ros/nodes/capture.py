@@ -1,6 +1,9 @@
-"""capture node: RGB-D frames from a RealSense, a recording or the synthetic actor -> ROS images.
+"""capture node: RGB-D frames from a RealSense, a recording or the synthetic actor (or colour-only
+frames from a webcam or video file) -> ROS images.
 
     ros2 run facediff_ros capture [--ros-args -p source:=realsense -p serial_number:=...]
+    ros2 run facediff_ros capture --ros-args -p source:=webcam -p video_device:=0 \
+        [-p video_calibration:=ost.yaml | -p video_hfov_deg:=60.0]
 
 Publishes like realsense2_camera 4.x (topic names relative to the node's namespace):
 
@@ -11,7 +14,12 @@ Publishes like realsense2_camera 4.x (topic names relative to the node's namespa
     /diagnostics                                                          diagnostic_msgs/DiagnosticArray
 
 All four carry the same stamp and the frame id ``<camera_name>_color_optical_frame`` (the
-aligned depth is in the colour camera's geometry, as in realsense-ros). Frames are read on a
+aligned depth is in the colour camera's geometry, as in realsense-ros). ``source:=webcam``
+(:mod:`facediff_ros.core.capture.webcam`: a device index, a /dev/videoN path or a video file)
+has no depth: colour and colour camera_info only, the depth topics are not advertised; its
+CameraInfo K comes from ``video_calibration`` (a camera_info YAML; distorted frames are
+rectified) or the default ``video_hfov_deg``; which one is logged and reported in
+``/diagnostics`` (``intrinsics``). Frames are read on a
 thread of their own; a failing source (camera unplugged, USB error, missing file) is logged
 (rate-limited), counted and re-opened with exponential back-off while the node stays up; a
 recording that ends without ``loop`` leaves the node up in state ``ended``. Opening a source runs
@@ -36,13 +44,14 @@ from facediff_ros.adapters import topics
 from facediff_ros.adapters.camera_frames import device_stamp, frame_messages
 from facediff_ros.core.capture import sources
 from facediff_ros.core.capture.frames import DEPTH_ENCODINGS
+from facediff_ros.core.capture.webcam import DEFAULT_HFOV_DEG, WebcamConfig, WebcamSource
 from facediff_ros.nodes import diagnostics as diag
 from facediff_ros.nodes.parameters import QOS_CHOICES, QOS_HELP, NodeParameters, param, qos_profile
 from facediff_ros.nodes.spin import run
 
 # The embedded sample recording (synthetic actor with ground truth beside it).
 SAMPLE_RECORDING = Path(__file__).resolve().parents[1] / "data" / "sample.db3"
-SOURCES = ("recording", "realsense", "synthetic")
+SOURCES = ("recording", "realsense", "synthetic", "webcam")
 STATES = ("starting", "opening", "streaming", "stalled", "retrying", "ended")
 # Opens abandoned after their deadline that may still be running; no new open starts while this
 # many are (a source whose open blocks for ever must not pile up threads).
@@ -55,13 +64,16 @@ class CaptureParams:
 
     source: str = field(default="recording", metadata=param(
         "frame source: 'recording' (a RealSense .db3/.bag, default the embedded sample), "
-        "'realsense' (a live camera), 'synthetic' (the synthetic actor rendered live)", choices=SOURCES))
+        "'realsense' (a live camera), 'synthetic' (the synthetic actor rendered live), 'webcam' (colour "
+        "only: an OpenCV webcam or video file, see video_device)", choices=SOURCES))
     recording_path: str = field(default="", metadata=param(
         "recording to play (.db3 or .bag); empty: the embedded sample facediff_ros/data/sample.db3 "
         "(the synthetic actor is used, with a warning, when the sample is not installed)"))
-    loop: bool = field(default=True, metadata=param("recording/synthetic: start again at the end"))
+    loop: bool = field(default=True, metadata=param(
+        "recording/synthetic/webcam video file: start again at the end"))
     realtime: bool = field(default=True, metadata=param(
-        "recording/synthetic: play at the recorded frame rate; false: as fast as frames can be read"))
+        "recording/synthetic/webcam video file: play at the recorded frame rate; false: as fast as "
+        "frames can be read"))
     serial_number: str = field(default="", metadata=param(
         "realsense: serial number of the camera to open; empty: the first one found"))
     color_width: int = field(default=640, metadata=param("realsense: colour width (px)", min=1))
@@ -70,6 +82,14 @@ class CaptureParams:
     depth_width: int = field(default=640, metadata=param("realsense: depth width (px)", min=1))
     depth_height: int = field(default=480, metadata=param("realsense: depth height (px)", min=1))
     depth_fps: int = field(default=30, metadata=param("realsense: depth frame rate (Hz)", min=1))
+    video_device: str = field(default="0", metadata=param(
+        "webcam: a device index ('0' = /dev/video0), a device path (/dev/videoN) or a video file"))
+    video_calibration: str = field(default="", metadata=param(
+        "webcam: camera_info YAML (as ROS camera_calibration writes it) giving K and distortion (frames "
+        "are rectified); empty: the default field of view video_hfov_deg"))
+    video_hfov_deg: float = field(default=DEFAULT_HFOV_DEG, metadata=param(
+        "webcam: horizontal field of view (deg) used when video_calibration is empty (square pixels, "
+        "principal point at the centre)", min=1.0, max=170.0))
     synthetic_frames: int = field(default=300, metadata=param(
         "synthetic: frames in the generated sequence before it loops or ends", min=1))
     synthetic_seed: int = field(default=0, metadata=param(
@@ -105,6 +125,8 @@ class CaptureParams:
             raise ValueError(f"retry_max_s ({self.retry_max_s}) must be >= retry_initial_s "
                              f"({self.retry_initial_s})")
         topics.camera_topics(self.camera_namespace, self.camera_name)  # raises ValueError with the reason
+        if self.source == "webcam":
+            WebcamConfig(device=self.video_device, hfov_deg=self.video_hfov_deg)  # ValueError: the reason
 
 
 # The parameters each kind of source is built from: changing one of these re-opens the source;
@@ -114,7 +136,10 @@ _SOURCE_FIELDS = {
                   "depth_height", "depth_fps", "timeout_s"),
     "recording": ("recording_path", "loop", "realtime", "timeout_s"),
     "synthetic": ("synthetic_frames", "synthetic_seed", "loop", "realtime"),
+    "webcam": ("video_device", "video_calibration", "video_hfov_deg", "loop", "realtime"),
 }
+# Colour-only kinds of source: no depth topics.
+_COLOUR_ONLY = ("webcam",)
 _PUBLISHER_FIELDS = ("camera_namespace", "camera_name", "color_qos", "depth_qos", "info_qos")
 
 
@@ -131,6 +156,11 @@ def source_fields(p: CaptureParams):
     return ("source",) + _SOURCE_FIELDS[source_kind(p)]
 
 
+def has_depth(p: CaptureParams) -> bool:
+    """True when the source ``p`` describes delivers aligned depth (not a webcam)."""
+    return source_kind(p) not in _COLOUR_ONLY
+
+
 def needs_reopen(old: CaptureParams, new: CaptureParams) -> bool:
     """True when going from ``old`` to ``new`` changes what the current source is built from."""
     if source_kind(old) != source_kind(new):
@@ -145,6 +175,9 @@ def make_source(p: CaptureParams):
             serial_number=p.serial_number, color_width=p.color_width, color_height=p.color_height,
             color_fps=p.color_fps, depth_width=p.depth_width, depth_height=p.depth_height,
             depth_fps=p.depth_fps, timeout_ms=int(p.timeout_s * 1000))), ""
+    if p.source == "webcam":
+        return WebcamSource(WebcamConfig(device=p.video_device, calibration=p.video_calibration,
+                                         hfov_deg=p.video_hfov_deg, loop=p.loop, realtime=p.realtime)), ""
     if p.source == "recording":
         path = p.recording_path or str(SAMPLE_RECORDING)
         if p.recording_path or SAMPLE_RECORDING.is_file():
@@ -181,6 +214,7 @@ class CaptureNode(Node):
         self.last_error = ""
         self.source_note = ""
         self.source_description = ""
+        self.intrinsics_note = ""  # where a webcam's K came from (calibration file or default FOV)
         self._make_publishers(self.params.config)
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
         self._diag_timer = self.create_timer(self.params.config.diagnostics_period_s,
@@ -200,9 +234,10 @@ class CaptureNode(Node):
         pubs = {
             "color": self.create_publisher(Image, t.color, qos_profile(p.color_qos)),
             "color_info": self.create_publisher(CameraInfo, t.color_info, qos_profile(p.info_qos)),
-            "depth": self.create_publisher(Image, t.depth, qos_profile(p.depth_qos)),
-            "depth_info": self.create_publisher(CameraInfo, t.depth_info, qos_profile(p.info_qos)),
         }
+        if has_depth(p):  # a colour-only source (webcam) advertises no depth topics
+            pubs["depth"] = self.create_publisher(Image, t.depth, qos_profile(p.depth_qos))
+            pubs["depth_info"] = self.create_publisher(CameraInfo, t.depth_info, qos_profile(p.info_qos))
         with self._lock:
             old, self._pubs = getattr(self, "_pubs", {}), pubs
             self.frame_id = t.frame_id
@@ -210,7 +245,8 @@ class CaptureNode(Node):
             self.destroy_publisher(pub)
 
     def _on_params_changed(self, old: CaptureParams, new: CaptureParams) -> None:
-        if any(getattr(old, k) != getattr(new, k) for k in _PUBLISHER_FIELDS):
+        if any(getattr(old, k) != getattr(new, k) for k in _PUBLISHER_FIELDS) \
+                or has_depth(old) != has_depth(new):
             self._make_publishers(new)
         if needs_reopen(old, new):
             self._reopen.set()
@@ -317,6 +353,9 @@ class CaptureNode(Node):
                     self._reopen.wait(backoff)
                     backoff = min(2 * backoff, p.retry_max_s)
                     continue
+                # Described again now that it is open (a webcam knows its size and intrinsics then).
+                self.source_description = getattr(source, "describe", lambda: type(source).__name__)()
+                self.intrinsics_note = getattr(source, "intrinsics_note", "")
                 self.get_logger().info(f"capture: streaming from {self.source_description}")
                 self.state = "streaming"
             try:
@@ -356,7 +395,8 @@ class CaptureNode(Node):
             source.close()
 
     def publish_frame(self, frame: sources.CapturedFrame) -> None:
-        """Publish one frame on the four image topics with one stamp and frame id.
+        """Publish one frame on the four image topics (colour-only frames: the two colour ones) with one
+        stamp and frame id.
 
         :raises ValueError: a frame whose sizes disagree or whose device stamp is unusable.
         """
@@ -369,9 +409,13 @@ class CaptureNode(Node):
             msgs = frame_messages(frame, stamp, self.frame_id, p.depth_encoding)
             t1 = time.perf_counter()
             self._pubs["color"].publish(msgs.color)
-            self._pubs["depth"].publish(msgs.depth)
+            # The depth publishers and the frame's depth differ only for a frame read just before
+            # the source changed between a depth camera and a webcam: its depth is left out.
+            if msgs.depth is not None and "depth" in self._pubs:
+                self._pubs["depth"].publish(msgs.depth)
             self._pubs["color_info"].publish(msgs.info)
-            self._pubs["depth_info"].publish(msgs.info)
+            if msgs.depth is not None and "depth_info" in self._pubs:
+                self._pubs["depth_info"].publish(msgs.info)
         self.times.add("build", t1 - t0)
         self.times.add("publish", time.perf_counter() - t1)
         self.counters.add("frames")
@@ -401,6 +445,8 @@ class CaptureNode(Node):
                   "opens_stuck": self._stuck_opens}
         if self.source_note:
             values["note"] = self.source_note
+        if self.intrinsics_note:
+            values["intrinsics"] = self.intrinsics_note
         values.update(self.counters.snapshot())
         values.update({f"{k}_ms": v for k, v in self.times.items()})
         return diag.status(f"{self.get_name()}: capture", self.source_description or "none", level, msg,

@@ -2,14 +2,15 @@
 
 realsense2_camera publishes colour as rgb8 and the aligned depth as 16UC1 millimetres (0 = no
 data), or as 32FC1 metres (NaN = no data) when asked; both images share the colour camera's
-intrinsics. :func:`publish_arrays` checks that and converts the depth; :func:`split_stamp` turns
-a frame's own timestamp (seconds) into the (sec, nanosec) pair of a ROS stamp.
+intrinsics. :func:`publish_arrays` checks that and converts the depth (none for a colour-only
+source); :func:`split_stamp` turns a frame's own timestamp (seconds) into the (sec, nanosec) pair
+of a ROS stamp.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -19,24 +20,26 @@ from facediff_ros.core.capture.sources import CapturedFrame
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
 
 
-def publish_arrays(frame: CapturedFrame, depth_encoding: str) -> Tuple[np.ndarray, np.ndarray]:
+def publish_arrays(frame: CapturedFrame, depth_encoding: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """(colour (H, W, 3) uint8 RGB, depth in ``depth_encoding``) of ``frame``.
 
     :param depth_encoding: '16UC1' (uint16 mm, the frame's own array, not copied) or '32FC1'
         (float32 m, NaN where the frame has 0).
+    :returns: depth None for a colour-only frame (``frame.depth`` None).
     :raises ValueError: colour or depth not of the intrinsics' size, or an unknown encoding.
     """
     shape = frame.intrinsics.shape
-    if frame.color.shape[:2] != shape or frame.depth.shape != shape:
-        raise ValueError(f"colour {frame.color.shape[:2]} / depth {frame.depth.shape} do not match the "
-                         f"intrinsics' {shape}")
-    if depth_encoding == "16UC1":
-        depth = frame.depth
-    elif depth_encoding == "32FC1":
-        depth = images.depth_mm_to_m(frame.depth)
-    else:
+    if depth_encoding not in DEPTH_ENCODINGS:
         raise ValueError(f"depth_encoding: expected one of {list(DEPTH_ENCODINGS)}, got {depth_encoding!r}")
-    return frame.color, depth
+    if frame.color.shape[:2] != shape or (frame.depth is not None and frame.depth.shape != shape):
+        depth = "none" if frame.depth is None else frame.depth.shape
+        raise ValueError(f"colour {frame.color.shape[:2]} / depth {depth} do not match the "
+                         f"intrinsics' {shape}")
+    if frame.depth is None:
+        return frame.color, None
+    if depth_encoding == "16UC1":
+        return frame.color, frame.depth
+    return frame.color, images.depth_mm_to_m(frame.depth)
 
 
 def split_stamp(stamp_s: float) -> Tuple[int, int]:

@@ -1,5 +1,7 @@
 """RGB-D frame sources for the capture node: a live RealSense, a RealSense recording, the synthetic actor.
 
+(The colour-only webcam / video-file source is :mod:`facediff_ros.core.capture.webcam`.)
+
 All sources share one interface -- ``open()``, ``read() -> CapturedFrame``, ``close()`` -- and
 deliver the same thing: an RGB colour image and a depth image **aligned to the colour camera**
 (same size, same intrinsics), depth in uint16 millimetres (0 = no measurement).
@@ -59,12 +61,14 @@ class SourceEnded(SourceError):
 
 @dataclass
 class CapturedFrame:
-    """One RGB-D frame, depth aligned to colour."""
+    """One RGB-D frame, depth aligned to colour; or a colour-only frame (``depth`` None: a webcam)."""
 
     color: np.ndarray        # (H, W, 3) uint8 RGB
-    depth: np.ndarray        # (H, W) uint16 millimetres, 0 = no measurement, colour geometry
+    depth: Optional[np.ndarray]  # (H, W) uint16 millimetres, 0 = no measurement, colour geometry;
+    #                              None: the source has no depth (core.capture.webcam)
     intrinsics: Intrinsics   # the colour camera's (and so the aligned depth's)
-    depth_scale: float       # metres per unit of the device's raw depth (before conversion to mm)
+    depth_scale: float       # metres per unit of the device's raw depth (before conversion to mm);
+    #                          0 for a colour-only frame
     stamp: float             # device / recording timestamp in seconds
     frame_number: int        # device / recording frame counter (-1 when unknown)
 
