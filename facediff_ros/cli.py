@@ -8,6 +8,8 @@
                         (vs the no-edit and model-only baselines), each with --json OUT
     facediff fit        fit the face model to a recording (.db3/.bag) or an image (+ depth PNG, K.json);
                         state, PLY mesh and overlay PNG per frame with --out DIR, a report with --json
+    facediff edit       re-express the face in an image (+ depth PNG, K.json) with the editor: colour, depth,
+                        coloured points and a report into --out DIR
     facediff export     the editor network -> ONNX (static shapes, parity with torch checked) and, with
                         --tensorrt, a cached TensorRT engine; writes editor.onnx + export.json into --out
     facediff montage    render the docs montage (identities x expressions, colour + depth) to a PNG
@@ -127,6 +129,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return fitting_command.run(args)
 
 
+def _cmd_edit(args: argparse.Namespace) -> int:
+    from facediff_ros import edit_command  # imported here: it loads MediaPipe, the model and torch
+    return edit_command.run(args)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -227,6 +234,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from facediff_ros.fitting_command import add_arguments as add_fit_arguments  # numpy/json only at import
     add_fit_arguments(p)
     p.set_defaults(func=_cmd_fit)
+    p = sub.add_parser("edit", help="re-express the face in an image with the editor; files into --out DIR")
+    from facediff_ros.edit_command import add_arguments as add_edit_arguments  # numpy/json only at import
+    add_edit_arguments(p)
+    p.set_defaults(func=_cmd_edit)
     p = sub.add_parser("export", help="export the editor network to ONNX (and a TensorRT engine)")
     p.add_argument("--weights", required=True, help="weights folder (editor.pt + config.json)")
     p.add_argument("--out", required=True,
