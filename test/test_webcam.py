@@ -57,7 +57,7 @@ def actor_video(tmp_path_factory):
     folder = tmp_path_factory.mktemp("webcam")
     path = _write_video(folder / "actor.avi", [f.color for f in frames])
     return dict(path=path, folder=folder, colors=[f.color for f in frames], intrinsics=frames[0].intrinsics,
-                heads=[(f.depth > 0) & (f.depth < 1000) for f in frames])
+                heads=[(f.depth > 0) & (f.depth < 1000) for f in frames], depth0=frames[0].depth)
 
 
 def _blur(img):
@@ -298,5 +298,77 @@ def test_capture_node_without_the_webcam_retries_and_names_the_device(context):
         assert node.state in ("retrying", "opening") and "/dev/video9" in node.last_error
         st = node.diagnostic_status()
         assert "/dev/video9" in st.message or node.state == "opening"
+    finally:
+        node.destroy_node()
+
+
+# ---- the landmark node, colour only --------------------------------------------------------------
+def _decoded_frames(actor_video, n):
+    src = WebcamSource(WebcamConfig(device=str(actor_video["path"]), loop=False, realtime=False))
+    src.open()
+    try:
+        return [src.read() for _ in range(n)]
+    finally:
+        src.close()
+
+
+def test_landmark_pipeline_colour_only_keeps_uv_and_marks_every_point_invalid(actor_video):
+    """Without depth: the same uv as the depth path finds on the same frame, points NaN, valid false."""
+    pytest.importorskip("mediapipe")
+    from facediff_ros.core import images
+    from facediff_ros.core.landmarks.pipeline import LandmarkPipeline
+
+    frame = _decoded_frames(actor_video, 1)[0]
+    k = actor_video["intrinsics"]
+    color = images.ImageFields(480, 640, "rgb8", False, 640 * 3, frame.color.tobytes())
+    depth = images.ImageFields(480, 640, "16UC1", False, 640 * 2, actor_video["depth0"].tobytes())
+    info = images.CameraInfoFields(480, 640, k.K.ravel().tolist())
+    with LandmarkPipeline() as a, LandmarkPipeline() as b:
+        colour_only = a.process(color, None, info)
+        with_depth = b.process(color, depth, info)
+    lm, ref = colour_only.landmarks, with_depth.landmarks
+    assert lm is not None and ref is not None
+    assert np.isfinite(lm.uv).all() and not lm.valid.any() and np.isnan(lm.points).all()
+    assert ref.valid.sum() > 400  # the depth path lifts most of them: the comparison means something
+    np.testing.assert_allclose(lm.uv, ref.uv, atol=1e-3)
+    assert "lifting" not in colour_only.timings_s and "lifting" in with_depth.timings_s
+    assert (lm.image_width, lm.image_height, lm.bbox) == (640, 480, ref.bbox)
+
+
+def test_landmarks_node_use_depth_false_subscribes_colour_only_and_publishes_uv(context, actor_video):
+    pytest.importorskip("mediapipe")
+    from rclpy.parameter import Parameter
+    from rclpy.serialization import deserialize_message
+    from std_msgs.msg import Header
+
+    from facediff_ros.adapters import landmarks as landmarks_adapter
+    from facediff_ros.adapters.images import to_camera_info_msg, to_image_msg
+    from facediff_ros.msg import FaceLandmarks
+    from facediff_ros.nodes.landmarks import LandmarksNode
+
+    node = LandmarksNode(context=context, parameter_overrides=[Parameter("use_depth", value=False)])
+    published = []
+    node.pub.publish = published.append  # serialized FaceLandmarks (DDS: the chain test)
+    try:
+        assert node.count_subscribers("/camera/camera/aligned_depth_to_color/image_raw") == 0
+        assert node.count_subscribers("/camera/camera/aligned_depth_to_color/camera_info") == 0
+        assert node.count_subscribers("/camera/camera/color/image_raw") == 1
+        for i, f in enumerate(_decoded_frames(actor_video, 3)):
+            h = Header(frame_id="camera_color_optical_frame")
+            h.stamp.sec = 10 + i
+            node.on_info(to_camera_info_msg(f.intrinsics, h))
+            node.on_color(to_image_msg(f.color, "rgb8", h))
+        assert len(published) == 3, node.counters.snapshot()
+        msg = deserialize_message(published[-1], FaceLandmarks)
+        assert msg.header.stamp.sec == 12 and msg.header.frame_id == "camera_color_optical_frame"
+        lm = landmarks_adapter.from_msg(msg)
+        assert np.isfinite(lm.uv).all() and not lm.valid.any() and np.isnan(lm.points).all()
+        # The landmarks lie on the actor's head in that frame (grown by 4 px: the face contour's
+        # landmarks sit on the silhouette).
+        u, v = np.rint(lm.uv).astype(int).T
+        head = cv2.dilate(actor_video["heads"][2].astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        assert head[v, u].mean() > 0.99
+        values = {kv.key: kv.value for kv in node.diagnostic_status().values}
+        assert values["use_depth"] == "False" and values["faces_out"] == "3"
     finally:
         node.destroy_node()

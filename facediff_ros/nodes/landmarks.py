@@ -12,7 +12,9 @@ realsense2_camera with ``align_depth.enable:=true``)::
 
 Colour, depth and colour CameraInfo are paired by stamp (:mod:`facediff_ros.core.sync`); the
 depth CameraInfo only has its size checked against the depth image (aligned depth shares the
-colour geometry, and lifting uses the colour CameraInfo's K).
+colour geometry, and lifting uses the colour CameraInfo's K). ``use_depth:=false`` (a webcam,
+colour only): only colour and colour CameraInfo are subscribed and paired, and every published
+landmark has its ``u``/``v`` with ``points`` NaN and ``valid`` false (no lifting).
 Each set goes through the landmark pipeline (:mod:`facediff_ros.core.landmarks.pipeline`: decode
 and validate, face mesh, lifting); this node only pairs, converts messages
 (:mod:`facediff_ros.adapters`), counts and publishes.
@@ -65,6 +67,10 @@ class LandmarksParams:
         "first part of the input topic names (as the capture node's / realsense2_camera's)", read_only=True))
     camera_name: str = field(default="camera", metadata=param(
         "second part of the input topic names", read_only=True))
+    use_depth: bool = field(default=True, metadata=param(
+        "subscribe the aligned depth (and its camera_info) and lift the landmarks to 3D; false: colour + "
+        "colour camera_info only (a webcam), every landmark published with points NaN and valid false",
+        read_only=True))
     input_qos: str = field(default="SENSOR_DATA", metadata=param(
         "QoS of the four input subscriptions: " + QOS_HELP + " (SENSOR_DATA also receives from "
         "reliable publishers)", choices=QOS_CHOICES, read_only=True))
@@ -75,7 +81,8 @@ class LandmarksParams:
         min=1, max=10, read_only=True))
     face_selection: str = field(default=PipelineConfig.face_selection, metadata=param(
         "which face to publish when several are found: 'largest' (landmark bounding-box area) or "
-        "'closest' (smallest median depth at the landmarks)", choices=SELECTION_RULES))
+        "'closest' (smallest median depth at the landmarks; without depth: 'largest')",
+        choices=SELECTION_RULES))
     min_detection_confidence: float = field(
         default=FaceMeshConfig.min_detection_confidence, metadata=param(
             "MediaPipe face detector score a new face needs", min=0.0, max=1.0, read_only=True))
@@ -119,10 +126,12 @@ class LandmarksParams:
         return SyncConfig(self.sync_tolerance_s, self.sync_queue_size)
 
 
-def landmarks_from_messages(pipeline: LandmarkPipeline, color_msg: Image, depth_msg: Image,
+def landmarks_from_messages(pipeline: LandmarkPipeline, color_msg: Image, depth_msg: Optional[Image],
                             info_msg: CameraInfo, depth_info_size: Optional[Tuple[int, int]] = None
                             ) -> Tuple[FrameResult, Optional[bytes]]:
     """The landmark node's per-frame work up to ``publish`` (the benchmark times this function).
+
+    ``depth_msg`` None: colour only (landmarks without 3D points).
 
     :returns: the pipeline's result and the serialized FaceLandmarks to publish (None: no face),
         with the colour image's header; ``result.timings_s`` gains ``message`` (seconds to build
@@ -130,8 +139,8 @@ def landmarks_from_messages(pipeline: LandmarkPipeline, color_msg: Image, depth_
         (:mod:`facediff_ros.adapters.landmarks`).
     :raises FrameDropped: unusable input, with the reason.
     """
-    res = pipeline.process(image_fields(color_msg), image_fields(depth_msg), camera_info_fields(info_msg),
-                           depth_info_size)
+    depth = None if depth_msg is None else image_fields(depth_msg)
+    res = pipeline.process(image_fields(color_msg), depth, camera_info_fields(info_msg), depth_info_size)
     if res.landmarks is None:
         return res, None
     t0 = time.perf_counter()
@@ -156,7 +165,8 @@ class LandmarksNode(Node):
         self.log_limited = diag.RateLimitedLog(self.get_logger())
         self.drops = diag.FrameDrops(self.counters, self.log_limited, "landmarks")
         self.pipeline = LandmarkPipeline(p.pipeline())
-        self.sync = StampSynchronizer(_SYNC_KEYS, p.sync())
+        self._keys = _SYNC_KEYS if p.use_depth else ("color", "info")
+        self.sync = StampSynchronizer(self._keys, p.sync())
         self._last_info_time: Optional[float] = None
         self._first_color_time: Optional[float] = None
         self._depth_info: Optional[CameraInfo] = None
@@ -164,9 +174,10 @@ class LandmarksNode(Node):
         cam = topics.camera_topics(p.camera_namespace, p.camera_name)
         qin = qos_profile(p.input_qos)
         self.create_subscription(Image, cam.color, self.on_color, qin)
-        self.create_subscription(Image, cam.depth, self.on_depth, qin)
         self.create_subscription(CameraInfo, cam.color_info, self.on_info, qin)
-        self.create_subscription(CameraInfo, cam.depth_info, self.on_depth_info, qin)
+        if p.use_depth:
+            self.create_subscription(Image, cam.depth, self.on_depth, qin)
+            self.create_subscription(CameraInfo, cam.depth_info, self.on_depth_info, qin)
         qout = qos_profile(p.output_qos)
         self.pub = self.create_publisher(FaceLandmarks, topics.FACE_LANDMARKS, qout)
         self.debug_pub = self.create_publisher(Image, topics.FACE_LANDMARKS_DEBUG, qout)
@@ -218,11 +229,13 @@ class LandmarksNode(Node):
             self.drops.add("bad_header", f"{key}: {exc}")
             return
         for m in matched:
-            self.process(m["color"], m["depth"], m["info"])
+            self.process(m["color"], m.get("depth"), m["info"])
 
     # ---- one frame -----------------------------------------------------------------------------
-    def process(self, color_msg: Image, depth_msg: Image, info_msg: CameraInfo) -> Optional[Landmarks]:
-        """Landmarks of one frame set, published and returned as arrays (None: dropped or no face)."""
+    def process(self, color_msg: Image, depth_msg: Optional[Image], info_msg: CameraInfo
+                ) -> Optional[Landmarks]:
+        """Landmarks of one frame set, published and returned as arrays (None: dropped or no face);
+        ``depth_msg`` None: colour only."""
         try:
             return self._process(color_msg, depth_msg, info_msg)
         except FrameDropped as exc:
@@ -233,7 +246,7 @@ class LandmarksNode(Node):
 
     def _process(self, color_msg, depth_msg, info_msg):
         t0 = time.perf_counter()
-        di = self._depth_info
+        di = self._depth_info if depth_msg is not None else None
         res, payload = landmarks_from_messages(self.pipeline, color_msg, depth_msg, info_msg,
                                                None if di is None else (di.width, di.height))
         if payload is not None:
@@ -275,7 +288,7 @@ class LandmarksNode(Node):
             # Neither faces nor misses yet: the first frames are still being processed (MediaPipe
             # starts in ~1 s) or wait for their depth/CameraInfo partners.
             level, msg = diag.WARN, f"input arrives ({rin:.1f} Hz); no result yet"
-        values = {"rate_in_hz": rin, "rate_out_hz": rout}
+        values = {"rate_in_hz": rin, "rate_out_hz": rout, "use_depth": self.params.config.use_depth}
         values.update(c)
         values.update({f"sync_{k}": v for k, v in self.sync.dropped.items()})
         values.update({f"{k}_ms": v for k, v in self.times.items()})

@@ -1,5 +1,8 @@
 """One frame set (colour + aligned depth + colour CameraInfo) -> the landmarks of one face, without ROS.
 
+Colour-only (a webcam: ``depth`` None): the same without the depth checks and the lifting; every
+landmark has its ``uv``, ``points`` NaN and ``valid`` false (FaceLandmarks' "no measurement").
+
 The per-frame work of the landmark node, in one place so that the node, the benchmark and the
 demo run the same code::
 
@@ -123,21 +126,24 @@ class PipelineConfig:
                              f"got {self.face_selection!r}")
 
 
-def decode(color: images.ImageFields, depth: images.ImageFields, info: images.CameraInfoFields,
+def decode(color: images.ImageFields, depth: Optional[images.ImageFields], info: images.CameraInfoFields,
            depth_info_size: Optional[Tuple[int, int]] = None
-           ) -> Tuple[np.ndarray, np.ndarray, Intrinsics]:
+           ) -> Tuple[np.ndarray, Optional[np.ndarray], Intrinsics]:
     """Check one frame set and view it as arrays; nothing reaches a library before it passes.
 
     :param color: colour image fields (any of images.COLOR_ENCODINGS).
-    :param depth: aligned depth image fields (16UC1/mono16 mm or 32FC1 m).
+    :param depth: aligned depth image fields (16UC1/mono16 mm or 32FC1 m); None: colour only.
     :param info: the colour CameraInfo.
     :param depth_info_size: (width, height) of the depth CameraInfo, when one has arrived.
     :returns: ``rgb`` (H, W, 3) uint8, ``depth`` (H, W) in its own units (uint16 mm, 0 = none,
-        or float32 m, NaN = none), the colour intrinsics.
+        or float32 m, NaN = none; None when not given), the colour intrinsics.
     :raises FrameDropped: see :data:`DROP_REASONS`.
     """
     # Sizes first, from the declared fields: a 32767 px side would abort the process in OpenCV.
-    for what, img, reason in (("colour image", color, "bad_color"), ("depth image", depth, "bad_depth")):
+    inputs = [("colour image", color, "bad_color")]
+    if depth is not None:
+        inputs.append(("depth image", depth, "bad_depth"))
+    for what, img, reason in inputs:
         try:
             images.check_image_size(img.height, img.width, what)
         except images.ImageTooLarge as exc:
@@ -148,6 +154,8 @@ def decode(color: images.ImageFields, depth: images.ImageFields, info: images.Ca
         rgb = images.to_rgb8(images.fields_to_array(color), color.encoding)
     except (ValueError, TypeError) as exc:
         raise FrameDropped("bad_color", f"colour image: {exc}") from None
+    if depth is None:
+        return rgb, None, _intrinsics(info, rgb)
     try:
         d = images.fields_to_array(depth)
         if depth.encoding not in images.DEPTH_ENCODINGS:
@@ -155,13 +163,7 @@ def decode(color: images.ImageFields, depth: images.ImageFields, info: images.Ca
                              f"{', '.join(images.DEPTH_ENCODINGS)}")
     except (ValueError, TypeError) as exc:
         raise FrameDropped("bad_depth", f"depth image: {exc}") from None
-    try:
-        intr = images.camera_info_to_intrinsics(info.height, info.width, info.k)
-    except (ValueError, TypeError) as exc:
-        raise FrameDropped("bad_camera_info", f"colour CameraInfo: {exc}") from None
-    if rgb.shape[:2] != intr.shape:
-        raise FrameDropped("size_mismatch", f"colour image {rgb.shape[1]}x{rgb.shape[0]} but its "
-                           f"CameraInfo says {intr.width}x{intr.height}")
+    intr = _intrinsics(info, rgb)
     if d.shape != rgb.shape[:2]:
         raise FrameDropped("size_mismatch", f"depth {d.shape[1]}x{d.shape[0]} is not aligned to colour "
                            f"{rgb.shape[1]}x{rgb.shape[0]} (subscribe to aligned_depth_to_color)")
@@ -176,6 +178,18 @@ def decode(color: images.ImageFields, depth: images.ImageFields, info: images.Ca
     if empty:
         raise FrameDropped("empty_depth", "the depth image has no valid pixel (all 0 / NaN)")
     return rgb, d, intr
+
+
+def _intrinsics(info: images.CameraInfoFields, rgb: np.ndarray) -> Intrinsics:
+    """The colour CameraInfo's intrinsics, checked against the colour image's size."""
+    try:
+        intr = images.camera_info_to_intrinsics(info.height, info.width, info.k)
+    except (ValueError, TypeError) as exc:
+        raise FrameDropped("bad_camera_info", f"colour CameraInfo: {exc}") from None
+    if rgb.shape[:2] != intr.shape:
+        raise FrameDropped("size_mismatch", f"colour image {rgb.shape[1]}x{rgb.shape[0]} but its "
+                           f"CameraInfo says {intr.width}x{intr.height}")
+    return intr
 
 
 def _no_depth_in_range(lifting: LiftingConfig) -> FrameDropped:
@@ -229,9 +243,13 @@ class LandmarkPipeline:
         self.config = PipelineConfig(self.config.face_mesh, lifting or self.config.lifting,
                                      face_selection or self.config.face_selection)
 
-    def process(self, color: images.ImageFields, depth: images.ImageFields, info: images.CameraInfoFields,
-                depth_info_size: Optional[Tuple[int, int]] = None) -> FrameResult:
+    def process(self, color: images.ImageFields, depth: Optional[images.ImageFields],
+                info: images.CameraInfoFields, depth_info_size: Optional[Tuple[int, int]] = None
+                ) -> FrameResult:
         """Landmarks of one frame set (``landmarks`` None when no face is found).
+
+        ``depth`` None (colour only): no lifting; ``points`` NaN and ``valid`` false for every
+        landmark, no ``lifting`` timing; face_selection 'closest' falls back to 'largest'.
 
         :raises FrameDropped: unusable input (see :func:`decode`); the graph never sees it.
         """
@@ -245,6 +263,11 @@ class LandmarkPipeline:
         if not faces:
             return FrameResult(None, rgb, intr, timings)
         face = faces[select_face(faces, cfg.face_selection, depth_img)]
+        if depth_img is None:
+            n = len(face.uv)
+            lm = Landmarks(face.uv, np.full((n, 3), np.nan), np.zeros(n, bool), face.presence, face.bbox,
+                           intr.width, intr.height)
+            return FrameResult(lm, rgb, intr, timings)
         points, valid = lift_landmarks(face.uv, depth_img, intr, cfg.lifting)
         if not valid.any() and not depth_has_samples(depth_img, cfg.lifting):
             # Depth is there but none of it in range (e.g. all 65535 mm): 478 invalid landmarks
