@@ -24,6 +24,7 @@ from facediff_ros.msg import FaceModel
 
 MODEL_ID = "ict-facekit-light"
 MODEL_VERSION = ICT_COMMIT
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def quaternion_from_matrix(R: np.ndarray) -> np.ndarray:
@@ -87,7 +88,8 @@ def to_msg(result: FitResult, header: Header, expression_names: Sequence[str]) -
     msg.head_pose.position = Point(x=t[0], y=t[1], z=t[2])
     msg.head_pose.orientation = Quaternion(x=qx, y=qy, z=qz, w=qw)
     rms = float(result.residual_rms)
-    msg.residual_rms = rms if np.isfinite(rms) else float("nan")
+    # float32 field: NaN for anything it cannot hold (inf, or finite but beyond float32's range).
+    msg.residual_rms = rms if abs(rms) <= _FLOAT32_MAX else float("nan")
     msg.quality = float(result.quality)
     msg.identity_locked = bool(result.identity_locked)
     return msg

@@ -123,8 +123,14 @@ class _CdrWriter:
             self.size += pad
 
     def put(self, fmt: str, *values) -> None:
-        """Primitives of one size (struct format without byte order, e.g. 'iI' or 'ff')."""
-        data = struct.pack("<" + fmt, *values)
+        """Primitives of one size (struct format without byte order, e.g. 'iI' or 'ff').
+
+        :raises ValueError: a value the field's type cannot hold (e.g. a negative or > 2^32 size).
+        """
+        try:
+            data = struct.pack("<" + fmt, *values)
+        except struct.error as exc:
+            raise ValueError(f"FaceLandmarks: {values} do not fit CDR {fmt!r}: {exc}") from None
         self._align(struct.calcsize("<" + fmt[0]))
         self.parts.append(data)
         self.size += len(data)
@@ -152,6 +158,8 @@ def serialize(lm: Landmarks, header: Header) -> bytes:
     """The FaceLandmarks of ``lm`` with ``header``, serialized (CDR) as ``serialize_message`` would.
 
     Points not ``valid`` are written as NaN. Publish with ``publisher.publish(serialize(...))``.
+
+    :raises ValueError: image size or bbox values outside uint32.
     """
     n = lm.uv.shape[0]
     w = _CdrWriter()
