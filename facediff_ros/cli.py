@@ -1,7 +1,7 @@
 """`facediff` command line: set-up checks and the package's jobs.
 
     facediff assets     verify the ICT-FaceKit files and build the model cache (make setup runs it)
-    facediff demo       capture + landmark nodes on the embedded sample, checked against its ground truth
+    facediff demo       the whole graph on the embedded sample, every expression category; a result folder
     facediff bench      benchmarks: renderer, synthetic actor, capture + landmark nodes, landmarks vs raw
                         MediaPipe, fitting (make bench); `facediff bench landmarks --json OUT` runs one
     facediff evaluate   accuracy against synthetic ground truth: `fitting` (per mode) or `editor`
@@ -171,7 +171,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from facediff_ros.demo import run_demo  # imported here: it loads rclpy
-    return int(run_demo(duration_s=args.duration, frames=args.frames)["returncode"])
+    node_params: dict = {}
+    for item in args.node_param:
+        key, sep, value = item.partition("=")
+        node, dot, name = key.partition(".")
+        if not (sep and dot and node and name):
+            print(f"facediff demo: --node-param {item!r}: expected NODE.NAME=VALUE", file=sys.stderr)
+            return 2
+        import yaml  # values typed as after `-p name:=value`: 2 -> int, true -> bool
+        node_params.setdefault(node, {})[name] = yaml.safe_load(value) if value else ""
+    kwargs = {"stage_timeout_s": args.stage_timeout} if args.stage_timeout is not None else {}
+    try:
+        summary = run_demo(out=args.out, categories=args.categories.split(",") if args.categories else None,
+                           node_params=node_params, **kwargs)
+    except ValueError as exc:
+        print(f"facediff demo: {exc}", file=sys.stderr)
+        return 2
+    return int(summary["returncode"])
 
 
 def _cmd_bringup(args: argparse.Namespace) -> int:
@@ -249,9 +265,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="TensorRT engine precision")
     p.add_argument("--engine-dir", help="TensorRT engine cache (default: the package cache, editor/tensorrt)")
     p.set_defaults(func=_cmd_export)
-    p = sub.add_parser("demo", help="run capture + landmarks on the embedded sample and print a summary")
-    p.add_argument("--frames", type=int, help="use the sample's first N frames (default: all of them)")
-    p.add_argument("--duration", type=float, help="longest time (s) to collect frames")
+    p = sub.add_parser("demo", help="the whole graph on the embedded sample through the seven expression "
+                       "categories; writes a result folder (montage, PLYs, latency)")
+    p.add_argument("--out", help="result folder (default build/demo/<timestamp>)")
+    p.add_argument("--categories", help="comma-separated categories to cycle through (default all seven)")
+    p.add_argument("--node-param", action="append", default=[], metavar="NODE.NAME=VALUE",
+                   help="extra ROS parameter for one node, e.g. editor.steps=2 (repeatable)")
+    p.add_argument("--stage-timeout", type=float, help="seconds each stage has for its first output")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("bringup", help="start the whole graph as separate node processes (the launch "
                                        "file's arguments; no ros2 launch needed)")

@@ -1,12 +1,11 @@
-"""`facediff demo` end to end on the embedded sample, and the landmark evaluation it reports.
+"""`facediff demo` (the whole graph on the embedded sample, its result folder) and the landmark
+evaluation it reports.
 
 The evaluation (facediff_ros.synthetic.landmark_eval) is checked on synthetic arrays with known
 offsets: a landmark moved by (3, 4) px is 5 px off, a point moved 2 mm along z is 2 mm off, and
 only visible points (2D) / visible points with valid depth (3D) count. The demo is checked against
 the same ground-truth thresholds as the capture + landmarks integration test.
 """
-
-import time
 
 import numpy as np
 import pytest
@@ -147,56 +146,157 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         summarize([])
 
 
+# ---- the demo's result folder pieces --------------------------------------------------------------
+def test_ply_holds_the_finite_points_with_their_colours(tmp_path):
+    from facediff_ros.core.cloud import xyzrgb_cloud
+    from facediff_ros.demo_results import read_ply, write_ply
+
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(-1, 1, size=(4, 5, 3)).astype(np.float32)
+    pts[1, 2] = np.nan
+    pts[3, 0, 2] = np.nan
+    rgb = rng.integers(0, 256, size=(4, 5, 3), dtype=np.uint8)
+    n = write_ply(tmp_path / "a.ply", xyzrgb_cloud(pts, rgb, "depth_image_proc"))
+    keep = np.isfinite(pts).all(-1)
+    assert n == keep.sum() == 18
+    text = (tmp_path / "a.ply").read_bytes()
+    assert text.startswith(b"ply\nformat binary_little_endian 1.0\n") and b"element vertex 18\n" in text
+    back = read_ply(tmp_path / "a.ply")
+    np.testing.assert_array_equal(np.stack([back["x"], back["y"], back["z"]], -1), pts[keep])
+    np.testing.assert_array_equal(np.stack([back["red"], back["green"], back["blue"]], -1), rgb[keep])
+
+
+def test_depth_range_centres_on_the_faces_depth_at_the_landmarks():
+    from facediff_ros.demo_results import DEPTH_FAR_M, DEPTH_NEAR_M, depth_range
+
+    depth = np.full((40, 60), 2.0, np.float32)   # a wall at 2 m
+    depth[10:20, 20:30] = 0.7                    # the face
+    depth[12, 22] = 0.0                          # a hole in it
+    uv = np.array([[22.0, 12.0], [25.0, 15.0], [28.4, 18.6], [np.nan, 3.0]])
+    assert depth_range(depth, uv) == pytest.approx((0.7 - DEPTH_NEAR_M, 0.7 + DEPTH_FAR_M))
+    assert depth_range(depth, None) == pytest.approx((2.0 - DEPTH_NEAR_M, 2.0 + DEPTH_FAR_M))
+
+
 # ---- the demo on the embedded sample --------------------------------------------------------------
-def test_demo_runs_the_graph_on_the_sample_within_the_integration_thresholds():
+def _sample_or_skip():
     pytest.importorskip("rclpy")
-    from test_capture_landmarks_integration import (MAX_MEAN_2D_PX, MAX_MEAN_2D_PX_TABLE, MAX_MEAN_3D_MM,
-                                                    MAX_MEAN_3D_MM_TABLE)
-
-    from facediff_ros.synthetic import recording
-    from facediff_ros.demo import run_demo
     from facediff_ros.nodes.capture import SAMPLE_RECORDING
-
+    from facediff_ros.synthetic import recording
     if not recording.ground_truth_path(SAMPLE_RECORDING).is_file():
         pytest.skip("the embedded sample is not installed")
-    gt = recording.load_ground_truth(SAMPLE_RECORDING)
+    return recording.load_ground_truth(SAMPLE_RECORDING)
+
+
+def test_demo_runs_the_whole_graph_and_writes_the_result_folder(tmp_path):
+    """The demo end to end: every category gets an edited frame; the folder holds the montage
+    (input vs edited columns differ, edited depth present), one PLY per category with the cloud's
+    finite points near the face's depth, the summary (stages of all four nodes, end-to-end
+    latency, landmark accuracy within the integration thresholds) and the plot."""
+    import json
+
+    import cv2
+    from test_capture_landmarks_integration import MAX_MEAN_2D_PX, MAX_MEAN_3D_MM
+
+    from facediff_ros import demo_results
+    from facediff_ros.core.face.expressions import CATEGORIES
+    from facediff_ros.demo import run_demo
+
+    gt = _sample_or_skip()
+    out = tmp_path / "result"
     lines = []
-    t0 = time.monotonic()
-    s = run_demo(log=lines.append)
-    wall = time.monotonic() - t0
+    s = run_demo(out=out, log=lines.append)
     text = "\n".join(lines)
     assert s["returncode"] == 0, text
-    n = len(gt["frame"])
-    assert s["frames_in_sample"] == s["frames_requested"] == n
-    assert s["frames_captured"] == n, text
-    assert s["landmarks_published"] >= 0.9 * n, text
-    assert s["frames_unknown_stamp"] == 0, text
-    e = s["errors"]
-    assert e["frames"] == s["landmarks_published"]
-    assert e["mean_2d_px"] < MAX_MEAN_2D_PX and e["mean_3d_mm"] < MAX_MEAN_3D_MM, text
-    assert e["valid_fraction"] > 0.8, text
-    if e["table_mean_2d_px"] is not None:
-        assert e["table_mean_2d_px"] < MAX_MEAN_2D_PX_TABLE and e["table_mean_3d_mm"] < MAX_MEAN_3D_MM_TABLE
-    # The nodes' own diagnostics arrived, with stage timings, and both stopped on SIGINT.
-    assert "face_mesh" in s["stage_ms"]["landmarks"] and "read" in s["stage_ms"]["capture"], text
-    assert any(n.endswith(": landmarks") and "OK" in lv for n, lv in s["diagnostics_levels"].items()), text
-    assert all("SIGINT (0)" in how for how in s["processes"].values()), s["processes"]
-    assert "not in this demo yet" in text and "result               OK" in text
-    assert wall < 30.0, f"the demo took {wall:.1f} s"
+    assert text.endswith("result               OK") and f"result folder        {out}" in text
+    assert all("SIGINT" in how for how in s["processes"].values()), s["processes"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["montage.png", "summary.json", "latency.png"]
+                           + [f"avatar_{c}.ply" for c in CATEGORIES])
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["per_category"]) == list(CATEGORIES)
+    W, H = int(gt["intrinsics"][4]), int(gt["intrinsics"][5])
+    face_z = float(np.median(gt["t"][:, 2]))
+    for cat, info in summary["per_category"].items():
+        assert info["frames"] >= 1 and info["face_model"], (cat, info)
+        assert info["cloud"] == {"height": H, "width": W, "point_step": 32,
+                                 "frame_id": "camera_color_optical_frame"}
+        ply = demo_results.read_ply(out / f"avatar_{cat}.ply")
+        assert len(ply) == info["ply_points"] > 0.5 * W * H
+        z = ply["z"]
+        assert np.isfinite(z).all() and z.min() > 0.2
+        # the face is the nearest thing: the nearest 2 % of the points lie around its depth
+        assert abs(np.percentile(z, 1) - face_z) < 0.15, (cat, np.percentile(z, 1), face_z)
+
+    img = cv2.imread(str(out / "montage.png"))[..., ::-1]
+    cell = demo_results.CELL_PX
+    rows, cols = (img.shape[0] - 24) // cell, (img.shape[1] - 84) // cell
+    assert (rows, cols) == (len(CATEGORIES), len(demo_results.COLUMNS))
+
+    def cell_at(r, c):
+        return img[24 + r * cell:24 + (r + 1) * cell, 84 + c * cell:84 + (c + 1) * cell].astype(int)
+    for r in range(rows):
+        assert np.abs(cell_at(r, 3) - cell_at(r, 0)).mean() > 0.5, f"row {r}: edited colour = input"
+        assert np.abs(cell_at(r, 1) - cell_at(r, 0)).mean() > 0.5, f"row {r}: no landmarks drawn"
+        assert (cell_at(r, 4).sum(-1) > 0).mean() > 0.5, f"row {r}: edited depth mostly empty"
+    assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    lat = summary["latency"]
+    assert "read" in lat["stage_ms"]["capture"] and "face_mesh" in lat["stage_ms"]["landmarks"]
+    assert "fit_total" in lat["stage_ms"]["fitting"] and "edit_total" in lat["stage_ms"]["editor"]
+    e2e = lat["end_to_end"]
+    assert e2e["n"] >= 1 and 0 < e2e["median_ms"] < 30_000
+    lm = summary["landmarks"]
+    assert lm["frames"] >= 0.9 * len(gt["frame"])
+    assert lm["mean_2d_px"] < MAX_MEAN_2D_PX and lm["mean_3d_mm"] < MAX_MEAN_3D_MM, lm
 
 
-def test_cli_demo_passes_its_options_and_returns_the_demos_code(monkeypatch):
+def test_demo_fails_loudly_naming_the_stage_that_produced_nothing(tmp_path, capsys):
+    """The landmark node listening on a camera that does not exist: no landmarks -> exit 1, a line
+    naming the stage, every node stopped, no result folder."""
+    _sample_or_skip()
+    from facediff_ros import cli
+    out = tmp_path / "result"
+    rc = cli.main(["demo", "--out", str(out), "--node-param", "landmarks.camera_name=nowhere",
+                   "--stage-timeout", "6"])
+    text = capsys.readouterr().out
+    assert rc == 1, text
+    assert "FAILED at the landmarks stage" in text
+    assert "no face landmarks (/face/landmarks) within 6 s" in text
+    assert "capture   first output" in text and "landmarks first output" not in text
+    nodes_line = next(line for line in text.splitlines() if line.startswith("nodes: "))
+    assert nodes_line.count("stopped by SIGINT") == 4, nodes_line
+    assert not out.exists()
+
+
+def test_cli_demo_passes_typed_node_parameters_and_returns_the_demos_code(monkeypatch, capsys):
     from facediff_ros import cli, demo
     calls = []
 
-    def fake_run_demo(duration_s=None, frames=None):
-        calls.append((duration_s, frames))
+    def fake_run_demo(**kwargs):
+        calls.append(kwargs)
         return {"returncode": 1, "reason": "test"}
 
     monkeypatch.setattr(demo, "run_demo", fake_run_demo)
-    assert cli.main(["demo", "--frames", "12", "--duration", "5"]) == 1
+    assert cli.main(["demo", "--out", "x", "--categories", "happy,sad", "--node-param", "editor.steps=2",
+                     "--node-param", "landmarks.camera_name=nowhere", "--node-param", "capture.loop=false",
+                     "--stage-timeout", "5"]) == 1
+    assert calls[-1] == {"out": "x", "categories": ["happy", "sad"], "stage_timeout_s": 5.0,
+                         "node_params": {"editor": {"steps": 2}, "landmarks": {"camera_name": "nowhere"},
+                                         "capture": {"loop": False}}}
     assert cli.main(["demo"]) == 1
-    assert calls == [(5.0, 12), (None, None)]
+    assert calls[-1] == {"out": None, "categories": None, "node_params": {}}
+    assert cli.main(["demo", "--node-param", "steps=2"]) == 2
+    assert "expected NODE.NAME=VALUE" in capsys.readouterr().err
+
+
+def test_demo_refuses_unknown_nodes_and_categories_before_starting_anything():
+    _sample_or_skip()
+    from facediff_ros.demo import run_demo
+    with pytest.raises(ValueError, match="'renderer'"):
+        run_demo(node_params={"renderer": {"x": 1}}, log=lambda line: None)
+    with pytest.raises(ValueError, match="categories"):
+        run_demo(categories=["grumpy"], log=lambda line: None)
 
 
 def test_cli_bench_landmarks_writes_the_ratio_json(tmp_path, capsys):
