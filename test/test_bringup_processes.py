@@ -112,6 +112,34 @@ def test_bad_argument_one_line_no_processes(args, message):
     assert _marked_pids(marker) == []
 
 
+def test_dry_run_prints_the_graph_commands():
+    import shlex
+    res = subprocess.run([sys.executable, "-m", "facediff_ros.cli", "bringup", "--dry-run", "--source",
+                          "synthetic", "--expression", "sad", "--namespace", "robot"],
+                         cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res
+    specs = graph.node_specs({"source": "synthetic", "expression": "sad", "namespace": "robot"})
+    assert res.stdout.splitlines() == [shlex.join(graph.command(s)) for s in specs]
+
+
+def test_a_node_that_refuses_to_start_ends_bringup(tmp_path):
+    """A params file the capture node refuses (8UC1 is no depth encoding): the node exits 2 with
+    its reason; bringup names it, stops the three others while they start, exits non-zero, and
+    leaves no process behind."""
+    params = tmp_path / "bad.yaml"
+    params.write_text('/**/capture:\n  ros__parameters:\n    depth_encoding: "8UC1"\n')
+    marker = uuid.uuid4().hex
+    shm_before = _segments()
+    res = subprocess.run([sys.executable, "-m", "facediff_ros.cli", "bringup", "--params-file", str(params)],
+                         env=_env(marker), cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "the capture node exited with status 2; its last console lines:" in res.stderr, res.stderr
+    assert "[capture] CaptureNode: cannot start: invalid parameter: depth_encoding" in res.stderr, res.stderr
+    assert "stopping the other nodes" in res.stderr
+    assert wait_for(lambda: not _marked_pids(marker), timeout=10.0), _marked_pids(marker)
+    assert wait_for(lambda: not _stale(_segments() - shm_before), timeout=5.0)
+
+
 def test_rviz_not_installed_starts_nothing(monkeypatch):
     specs = graph.node_specs({"use_rviz": "true"})
     from facediff_ros.bringup.processes import GraphProcesses
