@@ -372,3 +372,98 @@ def test_landmarks_node_use_depth_false_subscribes_colour_only_and_publishes_uv(
         assert values["use_depth"] == "False" and values["faces_out"] == "3"
     finally:
         node.destroy_node()
+
+
+# ---- the colour-only chain as processes ---------------------------------------------------------
+def _node_command(script, module):
+    """The installed console script (what `ros2 run` starts), else the module."""
+    import sys
+    exe = Path(sys.executable).with_name(script)
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", f"facediff_ros.nodes.{module}"]
+
+
+def test_colour_only_chain_processes_publish_avatar_points_on_the_face(context, actor_video):
+    """capture (source:=webcam on the actor video, with a calibration YAML of the actor's camera)
+    -> landmarks -> fitting -> editor, the last three with use_depth:=false, as four processes over
+    DDS with the shipped editor weights: /avatar/points arrives, organised 640x480 in the colour
+    optical frame, each finite point projecting onto its own pixel through the CameraInfo K, and
+    those points lie on the actor's head (its pixels in the video, grown a little for the edited
+    expression) at the head's distance."""
+    import os
+    import subprocess
+    import threading
+
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import PointCloud2
+
+    from facediff_ros.adapters import topics
+    from facediff_ros.adapters.cloud import from_pointcloud2
+    from facediff_ros.adapters.dds import configure_environment
+    from processes import stop
+    from waiting import wait_for
+
+    pytest.importorskip("mediapipe")
+    if not (ROOT / "facediff_ros" / "data" / "editor" / "editor.pt").is_file():
+        pytest.skip("the shipped editor weights are not installed")
+    k = actor_video["intrinsics"]
+    folder = actor_video["folder"]
+    yml = _calibration_yaml(folder / "actor_camera.yaml", k.width, k.height, k.K)
+    env = configure_environment(dict(os.environ))
+    procs, logs = {}, {}
+
+    def start(name, script, module, *args):
+        logs[name] = open(folder / f"{name}.log", "w")
+        procs[name] = subprocess.Popen(_node_command(script, module) + ["--ros-args", *args], env=env,
+                                       stdout=logs[name], stderr=subprocess.STDOUT, cwd=str(ROOT))
+
+    def tail():
+        for f in logs.values():
+            f.flush()
+        return "\n".join(f"--- {n} (rc {procs[n].poll()}):\n" + (folder / f"{n}.log").read_text()[-1500:]
+                         for n in logs)
+
+    import rclpy
+    probe = rclpy.create_node("webcam_chain_probe", context=context)
+    clouds = []
+    probe.create_subscription(PointCloud2, "/" + topics.AVATAR_POINTS, clouds.append, qos_profile_sensor_data)
+    ex = SingleThreadedExecutor(context=context)
+    ex.add_node(probe)
+    spinner = threading.Thread(target=ex.spin, daemon=True)
+    spinner.start()
+    try:
+        # All at once: the video loops, so frames sent before the chain is matched are only a delay.
+        start("landmarks", "facediff-landmarks", "landmarks", "-p", "use_depth:=false")
+        start("fitting", "facediff-fitting", "fitting", "-p", "use_depth:=false")
+        start("editor", "facediff-editor", "editor", "-p", "use_depth:=false")
+        start("capture", "facediff-capture", "capture", "-p", "source:=webcam",
+              "-p", f"video_device:={actor_video['path']}", "-p", f"video_calibration:={yml}")
+        assert wait_for(lambda: len(clouds) >= 3 or any(p.poll() is not None for p in procs.values()),
+                        timeout=120.0), f"{len(clouds)} avatar/points messages\n{tail()}"
+        assert len(clouds) >= 3 and all(p.poll() is None for p in procs.values()), tail()
+        c = clouds[-1]
+        assert c.header.frame_id == "camera_color_optical_frame" and (c.height, c.width) == (480, 640)
+        pts = from_pointcloud2(c)
+        xyz = np.stack([pts["x"], pts["y"], pts["z"]], -1).reshape(480, 640, 3).astype(np.float64)
+        finite = np.isfinite(xyz).all(-1)
+        v, u = np.nonzero(finite)
+        p = xyz[finite]
+        # Each point sits on its own pixel's ray (the organised layout, the optical frame, K).
+        np.testing.assert_allclose(k.project(p), np.stack([u, v], -1), atol=0.01)
+        # On the head: its pixels in any frame of the video, grown by 10 px (head motion between
+        # frames is in the union; the edited expression moves mouth and cheeks a little).
+        heads = np.any(actor_video["heads"], axis=0).astype(np.uint8)
+        heads = cv2.dilate(heads, np.ones((21, 21), np.uint8)) > 0
+        on_head = heads[v, u].mean()
+        z = np.median(p[:, 2])
+        # Measured: ~18k finite points, all on the head, median z 0.626 m.
+        assert finite.sum() > 5000, finite.sum()   # the face is ~15-20k pixels at 640x480
+        assert on_head > 0.97, on_head
+        assert 0.5 < z < 0.8, z  # the actor's face is ~0.6-0.67 m away; colour-only scale is ~5 % off
+    finally:
+        stop(*procs.values())
+        for f in logs.values():
+            f.close()
+        ex.shutdown()
+        spinner.join(timeout=5)
+        probe.destroy_node()
