@@ -8,11 +8,15 @@ fields.
 
 from __future__ import annotations
 
+import array
 from typing import List
 
 import numpy as np
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
+
+from facediff_ros.core.camera import Intrinsics
+from facediff_ros.core.cloud import depth_to_cloud, layout_dtype
 
 XYZRGB_NAMES = ("x", "y", "z", "rgb")
 _FLOAT32 = np.dtype("<f4")
@@ -53,7 +57,34 @@ def to_pointcloud2(cloud: np.ndarray, header: Header) -> PointCloud2:
     msg.point_step = int(cloud.dtype.itemsize)
     msg.row_step = msg.point_step * msg.width
     msg.is_dense = bool(np.isfinite(cloud["z"]).all())
-    msg.data = np.ascontiguousarray(cloud).tobytes()
+    data = array.array("B")
+    data.frombytes(np.ascontiguousarray(cloud).view(np.uint8).reshape(-1))  # one copy (bytes: two)
+    msg.data = data
+    return msg
+
+
+def depth_cloud_msg(depth_m: np.ndarray, intrinsics: Intrinsics, colors: np.ndarray, layout: str,
+                    header: Header) -> PointCloud2:
+    """The organised PointCloud2 of a depth image (m) and its registered RGB colours.
+
+    Equal to ``to_pointcloud2(depth_to_cloud(depth_m, intrinsics, colors, layout), header)``, but
+    the points are written into the message's own (zeroed) ``data`` buffer: no copy of the cloud
+    (9.8 MB at 640x480 in depth_image_proc's layout).
+    """
+    dtype = layout_dtype(layout)
+    h, w = intrinsics.shape  # depth_to_cloud checks depth_m against it
+    data = array.array("B", [0]) * (h * w * dtype.itemsize)
+    cloud = np.frombuffer(data, dtype=dtype).reshape(h, w)  # a view: writes land in ``data``
+    depth_to_cloud(depth_m, intrinsics, colors, layout, out=cloud)
+    msg = PointCloud2()
+    msg.header = header
+    msg.height, msg.width = int(h), int(w)
+    msg.fields = point_fields(dtype)
+    msg.is_bigendian = False
+    msg.point_step = int(dtype.itemsize)
+    msg.row_step = msg.point_step * msg.width
+    msg.is_dense = bool(np.isfinite(cloud["z"]).all())
+    msg.data = data
     return msg
 
 

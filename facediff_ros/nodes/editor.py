@@ -67,10 +67,10 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from facediff_ros.adapters import face_model as face_model_adapter
 from facediff_ros.adapters import topics
-from facediff_ros.adapters.cloud import to_pointcloud2
+from facediff_ros.adapters.cloud import depth_cloud_msg, to_pointcloud2
 from facediff_ros.adapters.images import from_camera_info_msg, from_image_msg, to_image_msg
 from facediff_ros.core import images
-from facediff_ros.core.cloud import LAYOUTS, depth_to_points, valid_points, xyzrgb_cloud
+from facediff_ros.core.cloud import LAYOUTS, depth_to_cloud, valid_points
 from facediff_ros.core.editor.avatar import MAX_LIVE_STEPS, OUTPUTS, AvatarConfig, AvatarEditor
 from facediff_ros.core.face.expressions import CATEGORIES
 from facediff_ros.core.sync import StampSynchronizer, SyncConfig
@@ -436,10 +436,10 @@ class EditorNode(Node):
         info_out.header = header
         t3 = time.perf_counter()
         self.times.add("images", t3 - t2)
-        cloud = xyzrgb_cloud(depth_to_points(depth_m, K), color, p.cloud_layout)  # (H, W)
-        if not p.cloud_organized:
-            cloud = valid_points(cloud)  # (N,) valid points, row-major order
-        cloud_out = to_pointcloud2(cloud, header)
+        if p.cloud_organized:  # (H, W), written straight into the message's buffer
+            cloud_out = depth_cloud_msg(depth_m, K, color, p.cloud_layout, header)
+        else:  # (N,) valid points, row-major order
+            cloud_out = to_pointcloud2(valid_points(depth_to_cloud(depth_m, K, color, p.cloud_layout)), header)
         t4 = time.perf_counter()
         self.times.add("cloud", t4 - t3)
         self.color_pub.publish(color_out)
