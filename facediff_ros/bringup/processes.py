@@ -9,8 +9,10 @@ caller stops the others.
 No orphans: every child runs in a process group of its own (a Ctrl-C on the terminal reaches
 only the bringup process, which forwards it once, as SIGINT, to each group) and, on Linux, with
 ``PR_SET_PDEATHSIG`` = SIGTERM, so the kernel ends it if the bringup process dies without
-stopping it (SIGKILL). Fast DDS shared-memory segments of children that had to be killed are
-removed afterwards (:func:`facediff_ros.adapters.dds.clean_stale_shm`).
+stopping it (SIGKILL). (The kernel ties PDEATHSIG to the *thread* that started the child: call
+:meth:`GraphProcesses.start` from a thread that lives as long as the graph, e.g. the main thread.)
+Fast DDS shared-memory segments of children that had to be killed are removed afterwards
+(:func:`facediff_ros.adapters.dds.clean_stale_shm`).
 """
 
 from __future__ import annotations
