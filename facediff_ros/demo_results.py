@@ -137,9 +137,9 @@ def _label(img: np.ndarray, text: str, org: Tuple[int, int], scale: float = 0.45
 class ModelRenderer:
     """Renders a FaceModel message's 'face' region, shaded, over an image (the fitted-model column)."""
 
-    def __init__(self):
+    def __init__(self, model=None):
         from facediff_ros.core.face.morphable_model import MorphableModel
-        self.model = MorphableModel.load()
+        self.model = model if model is not None else MorphableModel.load()
         self.triangles = self.model.triangles(("face",))[0]
         self.vertex_ids = self.model.vertex_ids(("face",))
         self._renderers: Dict[tuple, object] = {}
@@ -287,13 +287,13 @@ def plot_latency(path: Path, lat: Dict[str, object], switches: List[Tuple[str, f
 
 
 # ---- landmark accuracy ---------------------------------------------------------------------------
-def landmark_accuracy(seen, gt) -> Optional[dict]:
+def landmark_accuracy(seen, gt, table=None) -> Optional[dict]:
     """Landmark error against the ground truth over each sample frame's first landmarks
-    (facediff_ros.synthetic.landmark_eval: 68-point subset and the correspondence table)."""
+    (facediff_ros.synthetic.landmark_eval: 68-point subset, and the correspondence table when
+    ``table`` = landmark_eval.load_table() is given)."""
     from facediff_ros.adapters import landmarks as landmarks_adapter
     from facediff_ros.synthetic import landmark_eval
     lookup = landmark_eval.FrameLookup(gt)
-    table = landmark_eval.load_table()
     intr = landmark_eval.ground_truth_intrinsics(gt)
     per_frame = []
     with seen.lock:
@@ -343,8 +343,10 @@ def write_results(out: Path, seen, gt, window: Tuple[float, float]) -> Dict[str,
             "cloud": {"height": last.points_msg.height, "width": last.points_msg.width,
                       "point_step": last.points_msg.point_step, "frame_id": last.points_msg.header.frame_id},
             "face_model": last.model_msg is not None}
+    from facediff_ros.synthetic import landmark_eval
+    table = landmark_eval.load_table()  # (Correspondence, MorphableModel) or None: loaded once for both
     try:
-        renderer = ModelRenderer()
+        renderer = ModelRenderer(table[1] if table else None)
     except Exception:  # noqa: BLE001 - the model cache missing: the column says "no model"
         renderer = None
     img = montage(rows, intr, renderer)
@@ -352,7 +354,7 @@ def write_results(out: Path, seen, gt, window: Tuple[float, float]) -> Dict[str,
     t0 = window[0]
     lat = latency_summary(seen, window)
     plot_latency(out / "latency.png", lat, [(ph.category, ph.since - t0) for ph in seen.phases])
-    return {"per_category": per_category, "latency": lat, "landmarks": landmark_accuracy(seen, gt),
+    return {"per_category": per_category, "latency": lat, "landmarks": landmark_accuracy(seen, gt, table),
             "files": ["montage.png", *files, "summary.json", "latency.png"]}
 
 
