@@ -1,7 +1,21 @@
 """Evaluate the expression editor on held-out synthetic pairs against the ground truth.
 
-``python -m facediff_ros.synthetic.editor_eval --weights DIR [--pairs 96] [--steps 1 2 4 8]
-[--json OUT] [--figure PNG]``
+``python -m facediff_ros.synthetic.editor_eval [--weights DIR] [--pairs 96] [--steps 1 2 4 8]
+[--sequences 7 --frames 3] [--no-photos] [--json OUT] [--figure PNG] [--real-figure PNG]``
+(``facediff evaluate editor --json OUT -- ...``). ``--weights`` defaults to the shipped weights;
+``--weights ''`` scores the baselines only.
+
+Three parts, each scoring the editor and both baselines in the same run:
+
+1. crops (below): the network's own 64 px crops of held-out pairs;
+2. sequences (:mod:`facediff_ros.synthetic.editor_sequences`, ``--sequences N``, 0 skips it):
+   whole 640x480 frames of short actor sequences edited through the live path, read by the
+   independent judges (:mod:`facediff_ros.judges`): dlib identity distance source <-> edit and
+   source <-> truth, expression accuracy by re-fit (output, ground truth, both baselines), identity
+   after re-fit, temporal flicker;
+3. real photos (:mod:`facediff_ros.synthetic.editor_real`, ``--no-photos`` skips it): the shipped
+   public-domain photos edited colour-only to the seven categories, dlib distance per category
+   (``--real-figure PNG`` draws them).
 
 Pairs come from :class:`~facediff_ros.synthetic.editor_data.PairGenerator` with a seed the
 training cache did not use (default 1; the shipped weights were trained on seed 0), so every
@@ -15,9 +29,10 @@ Methods scored in the same run:
   (buffer mask +1), the source colour elsewhere; depth from the fitted model on the face;
 - ``editor_<n>``: the network with n DDIM steps (fixed noise).
 
-Metrics, inside the target's face mask (coverage > 0.5): RGB PSNR (dB, colour in [0, 1]) and
-depth RMSE (mm; the normalised depth times ``CropConfig.depth_range_m``). Per method also the
-mean over categories, and the PSNR per target category.
+Crop metrics, inside the target's face mask (coverage > 0.5): RGB PSNR (dB, colour in [0, 1]),
+SSIM (the usual 11x11 Gaussian window, sigma 1.5, on [0, 1] colour, per channel; averaged over the
+face pixels) and depth RMSE (mm; the normalised depth times ``CropConfig.depth_range_m``). Per
+method also the PSNR per target category.
 """
 
 from __future__ import annotations
@@ -38,6 +53,25 @@ from facediff_ros.core.face.expressions import CATEGORIES
 from facediff_ros.synthetic.editor_data import PairConfig, PairGenerator
 
 FACE_COVERAGE = 0.5  # a pixel counts as face where the head covers more than half of it
+SHIPPED_WEIGHTS = str(Path(__file__).resolve().parents[1] / "data" / "editor")
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel SSIM of two (H, W) images in [0, 1] (Wang et al. 2004: Gaussian window sigma 1.5,
+    K1 = 0.01, K2 = 0.03, dynamic range 1)."""
+    import cv2
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+
+    def blur(x):
+        return cv2.GaussianBlur(x, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
 
 
 def model_only(pair: Dict) -> np.ndarray:
@@ -46,14 +80,16 @@ def model_only(pair: Dict) -> np.ndarray:
 
 
 def pair_metrics(output: np.ndarray, pair: Dict, depth_range_m: float) -> Dict[str, float]:
-    """RGB PSNR (dB) and depth RMSE (mm) of ``output`` against the pair's target, on the face."""
+    """RGB PSNR (dB), SSIM and depth RMSE (mm) of ``output`` against the pair's target, on the face."""
     face = pair["mask"] > FACE_COVERAGE
     if not face.any():
-        return {"psnr_db": float("nan"), "depth_rmse_mm": float("nan")}
+        return {"psnr_db": float("nan"), "ssim": float("nan"), "depth_rmse_mm": float("nan")}
     rgb_err = (output[:3] - pair["target"][:3]) / 2.0  # [-1, 1] -> [0, 1] units
     mse = float(np.mean(rgb_err[:, face] ** 2))
     d_err = (output[3] - pair["target"][3])[face] * depth_range_m * 1000.0
-    return {"psnr_db": 10.0 * np.log10(1.0 / max(mse, 1e-12)),
+    out01, tgt01 = (output[:3] + 1.0) / 2.0, (pair["target"][:3] + 1.0) / 2.0
+    ssim = float(np.mean([ssim_map(out01[c], tgt01[c])[face].mean() for c in range(3)]))
+    return {"psnr_db": 10.0 * np.log10(1.0 / max(mse, 1e-12)), "ssim": ssim,
             "depth_rmse_mm": float(np.sqrt(np.mean(d_err ** 2)))}
 
 
@@ -92,8 +128,10 @@ def evaluate(weights: Optional[str], pairs: int = 96, seed: int = 1, steps: Sequ
         m = [pair_metrics(o, p, depth_range) for o, p in zip(outs, data)]
         psnr = np.array([x["psnr_db"] for x in m])
         rmse = np.array([x["depth_rmse_mm"] for x in m])
+        ssim = np.array([x["ssim"] for x in m])
         summary["methods"][name] = {
-            "psnr_db": float(np.nanmean(psnr)), "depth_rmse_mm": float(np.nanmean(rmse)),
+            "psnr_db": float(np.nanmean(psnr)), "ssim": float(np.nanmean(ssim)),
+            "depth_rmse_mm": float(np.nanmean(rmse)),
             "psnr_db_by_category": {CATEGORIES[c]: float(np.nanmean(psnr[cats == c]))
                                     for c in range(len(CATEGORIES)) if np.any(cats == c)},
         }
@@ -136,23 +174,82 @@ def figure(summary: Dict, path: Path, rows: int = 7) -> None:
     cv2.imwrite(str(path), img[..., ::-1])
 
 
+def print_table(s: Dict) -> None:
+    """The summary as plain text tables (crops, sequences, photos)."""
+    print("crops (64 px, face mask):")
+    for name, m in s["methods"].items():
+        print(f"  {name:12s} PSNR {m['psnr_db']:6.2f} dB   SSIM {m['ssim']:.3f}   depth RMSE "
+              f"{m['depth_rmse_mm']:6.2f} mm"
+              + (f"   {m['ms_per_pair_batched']:.1f} ms/pair" if "ms_per_pair_batched" in m else ""))
+    seq = s.get("sequences")
+    if seq:
+        c = seq["config"]
+        print(f"sequences ({c['sequences']} x {c['frames']} frames, 640x480, {seq['seconds']:.0f} s):")
+        print(f"  {'method':12s} {'expr acc':>8s} {'dlib src':>8s} {'(max)':>6s} {'id mm':>6s} "
+              f"{'id coef':>7s} {'flick rgb':>9s} {'flick mm':>8s} {'PSNR':>6s} {'depth mm':>8s}")
+        for name, m in seq["methods"].items():
+            def f(key, fmt):
+                return format(m[key], fmt) if m.get(key) is not None else "n/a"
+            print(f"  {name:12s} {f('expression_accuracy', '8.2f')} {f('dlib_source', '8.3f')} "
+                  f"{f('dlib_source_max', '6.3f')} {f('identity_mm', '6.2f')} {f('identity_coef', '7.2f')} "
+                  f"{f('flicker_rgb', '9.2f')} {f('flicker_depth_mm', '8.2f')} {f('psnr_db', '6.2f')} "
+                  f"{f('depth_rmse_mm', '8.2f')}")
+    real = s.get("photos")
+    if real:
+        for name, row in real["photos"].items():
+            if "error" in row:
+                print(f"photo {name}: {row['error']}")
+                continue
+            cats = ", ".join(f"{c} {v['dlib_source']:.2f}" if v["dlib_source"] is not None else f"{c} n/a"
+                             for c, v in row["categories"].items())
+            print(f"photo {name} (colour-only), dlib source <-> edit: {cats}")
+        if real["dlib_source_mean"] is not None:
+            print(f"photos: mean dlib distance source <-> edit {real['dlib_source_mean']:.3f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", default=None, help="editor weights folder (without: baselines only)")
-    ap.add_argument("--pairs", type=int, default=96)
+    ap.add_argument("--weights", default=SHIPPED_WEIGHTS,
+                    help="editor weights folder (default: the shipped ones; '' = baselines only)")
+    ap.add_argument("--pairs", type=int, default=96, help="held-out crop pairs")
     ap.add_argument("--seed", type=int, default=1, help="pair seed; the training cache used 0")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--sequences", type=int, default=7,
+                    help="actor sequences for the judges and flicker (targets cycle through the 7 "
+                         "categories; 0 skips this part)")
+    ap.add_argument("--frames", type=int, default=3, help="consecutive frames per sequence (>= 2)")
+    ap.add_argument("--sequence-seed", type=int, default=500, help="first actor seed of the sequences")
+    ap.add_argument("--sequence-steps", type=int, default=4, help="editor steps in the sequences and photos")
+    ap.add_argument("--no-photos", action="store_true", help="skip the real-photo part")
     ap.add_argument("--json", type=Path, default=None, help="write the summary here")
-    ap.add_argument("--figure", type=Path, default=None, help="write a PNG grid here")
+    ap.add_argument("--figure", type=Path, default=None, help="write a PNG grid of the crops here")
+    ap.add_argument("--real-figure", type=Path, default=None,
+                    help="write the real photos' edits (source + seven categories) here")
     args = ap.parse_args(argv)
+    weights = args.weights or None
+    log = lambda m: print(m, flush=True)  # noqa: E731
     try:
-        s = evaluate(args.weights, args.pairs, args.seed, args.steps, log=lambda m: print(m, flush=True))
+        if args.pairs < 1 or args.sequences < 0:
+            raise ValueError("--pairs must be >= 1 and --sequences >= 0")
+        if weights and not (Path(weights) / "editor.pt").is_file():
+            raise ValueError(f"--weights {weights}: no editor.pt there")
+        s = evaluate(weights, args.pairs, args.seed, args.steps, log=log)
+        if args.sequences:
+            from facediff_ros.synthetic.editor_sequences import SequenceConfig, evaluate_sequences
+            s["sequences"] = evaluate_sequences(weights, SequenceConfig(
+                sequences=args.sequences, frames=args.frames, seed=args.sequence_seed,
+                steps=args.sequence_steps), log=log)
+        if weights and not args.no_photos:
+            from facediff_ros.synthetic import editor_real
+            s["photos"] = editor_real.evaluate_photos(weights, steps=args.sequence_steps,
+                                                      keep_images=args.real_figure is not None)
+            if args.real_figure:
+                editor_real.figure(s["photos"], args.real_figure)
+                s["photos"].pop("_images")
     except ValueError as exc:
         print(f"editor_eval: {exc}", file=sys.stderr)
         return 2
-    for name, m in s["methods"].items():
-        print(f"{name:12s} PSNR {m['psnr_db']:6.2f} dB   depth RMSE {m['depth_rmse_mm']:6.2f} mm"
-              + (f"   {m['ms_per_pair_batched']:.1f} ms/pair" if "ms_per_pair_batched" in m else ""))
+    print_table(s)
     if args.figure:
         figure(s, args.figure)
     if args.json:
