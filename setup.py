@@ -14,7 +14,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["facediff_ros", "facediff_ros.*"]),
     # The committed MediaPipe correspondence table and the embedded sample recording.
-    package_data={"facediff_ros": ["data/*.npz", "data/*.db3", "data/editor/*.pt", "data/editor/*.json"]},
+    package_data={"facediff_ros": ["data/*.npz", "data/*.db3", "data/editor/*.pt", "data/editor/*.json",
+                                   "data/photos/*.jpg", "data/photos/*.md"]},
     install_requires=["numpy"],
     entry_points={
         "console_scripts": [
