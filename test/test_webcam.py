@@ -302,6 +302,60 @@ def test_capture_node_without_the_webcam_retries_and_names_the_device(context):
         node.destroy_node()
 
 
+def test_webcam_parameters_reopen_only_a_webcam():
+    from facediff_ros.nodes.capture import CaptureParams, has_depth, needs_reopen
+    webcam = CaptureParams(source="webcam", video_device="/v.avi")
+    built_from = {"video_device": "/w.avi", "video_calibration": "/c.yaml", "video_hfov_deg": 70.0,
+                  "loop": False, "realtime": False}
+    others = {"recording_path": "/y.db3", "serial_number": "1", "synthetic_seed": 3, "timeout_s": 1.0,
+              "camera_name": "other", "depth_encoding": "32FC1", "stamp_source": "device"}
+    for name, value in {**built_from, **others}.items():
+        new = CaptureParams(**{**webcam.__dict__, name: value})
+        assert needs_reopen(webcam, new) == (name in built_from), name
+    for kind in ("recording", "realsense", "synthetic"):
+        old = CaptureParams(**{**webcam.__dict__, "source": kind, "recording_path": "/x.db3"})
+        for name in ("video_device", "video_calibration", "video_hfov_deg"):
+            new = CaptureParams(**{**old.__dict__, name: built_from[name]})
+            assert not needs_reopen(old, new), (kind, name)
+        assert has_depth(old) and needs_reopen(old, CaptureParams(**{**old.__dict__, "source": "webcam"}))
+    assert not has_depth(webcam)
+    with pytest.raises(ValueError, match="video_device"):
+        CaptureParams(source="webcam", video_device="")
+    CaptureParams(source="recording", video_device="")  # not used there: not checked
+
+
+def test_capture_node_switching_to_and_from_a_webcam_adds_and_removes_the_depth_topics(context, actor_video):
+    pytest.importorskip("rclpy")
+    from rclpy.parameter import Parameter
+
+    from waiting import wait_for
+    depth_topic = "/camera/camera/aligned_depth_to_color/image_raw"
+    # timeout_s: opening the depth source (the embedded sample, or the actor without it) may take
+    # seconds on a loaded machine.
+    node = _capture_node(context, source="webcam", video_device=str(actor_video["path"]), realtime=False,
+                         synthetic_frames=2, timeout_s=30.0)
+    try:
+        assert wait_for(lambda: node.counters["frames"] >= 2, timeout=20.0), node.last_error
+        assert node.count_publishers(depth_topic) == 0
+        assert node.set_parameters([Parameter("source", value="recording")])[0].successful
+        assert "depth" in node._pubs
+        assert wait_for(lambda: node.count_publishers(depth_topic) == 1, timeout=5.0)
+        # Streaming RGB-D, and the webcam's intrinsics note gone from the diagnostics.
+        assert wait_for(lambda: "video file" not in node.source_description and node.state == "streaming"
+                        and "intrinsics" not in {kv.key for kv in node.diagnostic_status().values},
+                        timeout=60.0), (node.state, node.last_error)
+        assert node.set_parameters([Parameter("source", value="webcam")])[0].successful
+        assert "depth" not in node._pubs and wait_for(lambda: node.count_publishers(depth_topic) == 0,
+                                                      timeout=5.0)
+        seen = node.counters["frames"]
+        assert wait_for(lambda: node.counters["frames"] >= seen + 2
+                        and "video file" in node.source_description,
+                        timeout=20.0), (node.state, node.last_error)
+        assert node.counters.snapshot().get("drop_bad_frame", 0) == 0
+    finally:
+        node.destroy_node()
+
+
 # ---- the landmark node, colour only --------------------------------------------------------------
 def _decoded_frames(actor_video, n):
     src = WebcamSource(WebcamConfig(device=str(actor_video["path"]), loop=False, realtime=False))
