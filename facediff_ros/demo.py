@@ -1,18 +1,22 @@
 """``facediff demo`` (``make demo``): the whole graph on the embedded recording, one result folder.
 
 Starts the four nodes -- **capture** (playing the embedded recording of the synthetic actor,
-facediff_ros/data/sample.db3, in a loop, ``stamp_source:=device`` so every message carries the
-frame's recorded stamp and finds it in the ground truth sample.gt.npz), **landmarks**, **fitting**
-and **editor** -- as separate processes from the one graph description
-(:func:`start_graph`), listens in this process to the camera colour, ``/face/landmarks``,
+facediff_ros/data/sample.db3, in a loop), **landmarks**, **fitting** and **editor** -- as separate
+processes from the one graph description (facediff_ros.bringup.graph, as avatar.launch.py and
+``facediff bringup``), listens in this process to the camera colour, ``/face/landmarks``,
 ``/face/model``, ``/avatar/color``, ``/avatar/depth``, ``/avatar/points`` and ``/diagnostics``,
 and, once every stage has produced output, cycles the editor through the seven expression
 categories at run time with the editor's ``set_parameters`` service (``expression``), as
 ``ros2 param set /editor expression <name>`` would. For each category it keeps
 :data:`FRAMES_PER_CATEGORY` edited frames made after the change (the first
-:data:`SKIP_AFTER_SWITCH` clouds after the change are not used: the editor may have started them
-with the old category), with the input colour, landmarks and face model of the same camera frame
-(same stamp).
+:data:`SKIP_AFTER_SWITCH` outputs after the change are not used: the editor may have started them
+with the old category; frames the editor passed through unedited -- no face model of their stamp
+-- are recognised by their colour being the camera's, byte for byte, and not used), with the
+input colour, landmarks and face model of the same camera frame (same stamp).
+
+Stamps are the ROS clock's (unique per message). Which recorded frame a camera image is -- for the
+landmark error against the ground truth sample.gt.npz -- is found from its content: playback is
+bit-exact, so each sample frame's colour digest identifies it.
 
 It then writes, because the user asked for this output by running the demo (the frames are of
 the synthetic actor; nothing else in the package writes frames unasked: faces are biometric
@@ -23,15 +27,13 @@ data), a result folder (``--out DIR``, default ``build/demo/<timestamp>``) with:
 - ``avatar_<category>.ply``: the last ``/avatar/points`` cloud of the category, its valid points,
   binary little-endian x y z float32 (m, camera optical frame) + red green blue uchar;
 - ``summary.json``: latency and throughput (per-stage milliseconds from each node's
-  ``/diagnostics``, end-to-end camera -> ``/avatar/points`` latency, rates, drops), landmark
-  accuracy against the ground truth (:mod:`facediff_ros.synthetic.landmark_eval`), per-category
-  frames, timings;
+  ``/diagnostics``, end-to-end latency, rates, drops), landmark accuracy against the ground truth
+  (:mod:`facediff_ros.synthetic.landmark_eval`), per-category frames, timings;
 - ``latency.png``: the per-stage times and the end-to-end latency over the run (matplotlib Agg).
 
-End-to-end latency is measured at this process, per ``/avatar/points`` message: its arrival time
-minus the arrival time here of the camera colour image with the same stamp (the latest one before
-it: stamps repeat once per loop of the 1 s recording). Both travel the same DDS path (shared
-memory), so the difference is the graph's time from the camera publishing to the cloud.
+End-to-end latency: for each edited ``/avatar/points`` message, its arrival here (wall clock)
+minus its header stamp, which is the camera frame's ROS-clock stamp taken by the capture node when
+it read the frame (same machine, same clock).
 
 It fails loudly -- non-zero exit and a line naming the stage -- when a node exits, when a stage
 produces nothing within its deadline (no camera frames, no landmarks, no face model, no avatar
@@ -41,6 +43,7 @@ points), or when a category gets no edited frame.
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import threading
 import time
@@ -90,15 +93,16 @@ class DemoFailure(RuntimeError):
 def graph_specs(expression: str, node_params: Optional[Dict[str, Dict[str, object]]] = None) -> list:
     """The graph's node specs (facediff_ros.bringup.graph, the description avatar.launch.py and
     ``facediff bringup`` use) with the demo's launch arguments -- the embedded recording in a loop,
-    device stamps (each message finds its frame in the ground truth), the first category at full
-    intensity -- plus a fast /diagnostics period (final counters arrive sooner) and ``node_params``
+    ROS-clock stamps (unique per message: the end-to-end latency is measured against them), the
+    first category at full intensity -- plus a fast /diagnostics period (final counters arrive
+    sooner) and ``node_params``
     (node -> name -> bool/int/float/str, e.g. ``{"landmarks": {"camera_name": "nowhere"}}``) last.
 
     :raises ValueError: ``node_params`` names a node that is not in the graph.
     """
     from facediff_ros.bringup import graph
     specs = graph.node_specs(graph.resolve({
-        "source": "recording", "recording": "", "loop": "true", "stamp_source": "device",
+        "source": "recording", "recording": "", "loop": "true", "stamp_source": "ros",
         "expression": expression, "intensity": "1.0"}))
     by_name = {s.name: s for s in specs}
     for node, values in (node_params or {}).items():
@@ -149,11 +153,36 @@ class _Phase:
     frames: Dict[int, CategoryFrame] = field(default_factory=dict)
 
 
+RECENT = 150  # stamps kept per topic (5 s at 30 Hz): longer than any frame takes through the graph
+
+
+class _Recent(collections.OrderedDict):
+    """A dict that keeps its last RECENT insertions."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        if len(self) > RECENT:
+            self.popitem(last=False)
+
+
+def content_key(data) -> bytes:
+    """A digest of an image's bytes: the recording's frames are replayed bit-exact, so a camera
+    image's digest says which sample frame it is (stamps come from the ROS clock)."""
+    return hashlib.blake2b(bytes(data), digest_size=16).digest()
+
+
+def sample_frames_by_content(path: Path) -> Dict[bytes, int]:
+    """content_key(colour) -> frame index for every frame of a recording."""
+    from facediff_ros.synthetic.recording import play_recording
+    return {content_key(np.ascontiguousarray(f.color).tobytes()): i
+            for i, f in enumerate(play_recording(path))}
+
+
 class Listener:
     """This process's view of the graph: messages kept by stamp, arrival times (monotonic s),
     the per-category collection and the latest /diagnostics status of each node."""
 
-    def __init__(self, node):
+    def __init__(self, node, frame_of_content: Dict[bytes, int]):
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.qos import qos_profile_sensor_data as qos
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -161,15 +190,17 @@ class Listener:
         from facediff_ros.msg import FaceLandmarks, FaceModel
 
         self.lock = threading.Lock()
+        self.frame_of_content = frame_of_content
         self.arrivals: Dict[str, List[float]] = collections.defaultdict(list)
-        self.color_at: Dict[int, List[float]] = collections.defaultdict(list)  # stamp -> arrivals
-        self.color: Dict[int, object] = {}       # stamp -> the latest colour Image
+        self.frame_of: Dict[int, Optional[int]] = {}  # stamp -> sample frame index (None: not one)
+        # Per stamp, the last RECENT stamps only (stamps are unique: the memory stays bounded).
+        self.color = _Recent()                   # stamp -> colour Image
+        self.landmarks_last = _Recent()          # stamp -> FaceLandmarks
+        self.models = _Recent()                  # stamp -> FaceModel
+        self.avatar_edited = _Recent()           # stamp -> avatar colour != the camera's
         self.info = None
-        self.landmarks: Dict[int, object] = {}   # stamp -> the first FaceLandmarks (accuracy)
-        self.landmarks_last: Dict[int, object] = {}
-        self.models: Dict[int, object] = {}      # stamp -> the latest FaceModel
-        self.latency: List[tuple] = []           # (arrival s, camera -> points s, edited: bool or None)
-        self.avatar_edited: Dict[int, bool] = {}  # stamp -> avatar colour != the camera's
+        self.landmarks: Dict[int, object] = {}   # sample frame index -> its first FaceLandmarks
+        self.latency: List[tuple] = []           # (arrival s, camera stamp -> points arrival s, edited)
         self.phase: Optional[_Phase] = None
         self.phases: List[_Phase] = []
         self.diagnostics: Dict[str, dict] = {}   # status name -> latest {level, message, values, time}
@@ -191,11 +222,11 @@ class Listener:
 
     def _on_color(self, msg) -> None:
         now = time.monotonic()
+        i = self.frame_of_content.get(content_key(msg.data))
         with self.lock:
             s = self._stamp(msg)
             self.arrivals[COLOR_TOPIC].append(now)
-            self.color_at[s].append(now)
-            del self.color_at[s][:-4]
+            self.frame_of[s] = i
             self.color[s] = msg
 
     def _on_info(self, msg) -> None:
@@ -205,13 +236,18 @@ class Listener:
         with self.lock:
             self.arrivals["/" + topics.FACE_LANDMARKS].append(time.monotonic())
             s = self._stamp(msg)
-            self.landmarks.setdefault(s, msg)
+            if self.frame_of.get(s) is not None:
+                self.landmarks.setdefault(self.frame_of[s], msg)
             self.landmarks_last[s] = msg
 
     def _on_model(self, msg) -> None:
         with self.lock:
             self.arrivals["/" + topics.FACE_MODEL].append(time.monotonic())
-            self.models[self._stamp(msg)] = msg
+            s = self._stamp(msg)
+            self.models[s] = msg
+            fr = self.phase.frames.get(s) if self.phase is not None else None
+            if fr is not None and fr.model_msg is None:  # arrived after the frame's edit
+                fr.model_msg = msg
 
     def _avatar(self, slot: str) -> Callable:
         topic = {"color_msg": topics.AVATAR_COLOR, "depth_msg": topics.AVATAR_DEPTH,
@@ -224,10 +260,8 @@ class Listener:
                 s = self._stamp(msg)
                 if slot == "color_msg" and s in self.color:
                     self.avatar_edited[s] = bytes(msg.data) != bytes(self.color[s].data)
-                if slot == "points_msg":
-                    before = [t for t in self.color_at.get(s, ()) if t <= now]
-                    if before:
-                        self.latency.append((now, now - before[-1], self.avatar_edited.get(s)))
+                if slot == "points_msg":  # the camera stamps are ROS time = this machine's clock
+                    self.latency.append((now, time.time() - s * 1e-9, self.avatar_edited.get(s)))
                 ph = self.phase
                 if ph is None or now < ph.since:
                     return
@@ -368,6 +402,7 @@ def run_demo(out: Optional[Path] = None, categories: Optional[Sequence[str]] = N
     env = configure_environment(dict(os.environ))
     env["RCUTILS_COLORIZED_OUTPUT"] = "0"
     gt = recording.load_ground_truth(SAMPLE_RECORDING)
+    frames = sample_frames_by_content(SAMPLE_RECORDING)  # which sample frame a camera image is
     log(f"facediff demo: capture -> landmarks -> fitting -> editor as 4 processes on {SAMPLE_RECORDING.name} "
         f"({int(gt['intrinsics'][4])}x{int(gt['intrinsics'][5])}, {len(gt['frame'])} frames, looping); "
         f"categories {', '.join(cats)}; ROS logs in {os.environ['ROS_LOG_DIR']}")
@@ -375,7 +410,7 @@ def run_demo(out: Optional[Path] = None, categories: Optional[Sequence[str]] = N
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     node = rclpy.create_node("facediff_demo", context=ctx)
-    seen = Listener(node)
+    seen = Listener(node, frames)
     client = node.create_client(SetParameters, "/editor/set_parameters")
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)

@@ -231,8 +231,8 @@ def latency_summary(seen, window: Tuple[float, float]) -> Dict[str, object]:
     return {
         "stage_ms": {n: stage_ms(s) for n, s in statuses.items()},
         "end_to_end": dict(_stats_ms([lat for t, lat in e2e if t0 <= t <= t1]),
-                           what="camera colour arrival -> /avatar/points arrival with the same stamp, "
-                                "at the demo process, during the category cycling, edited frames only"),
+                           what="camera stamp (ROS clock at the capture node's read) -> /avatar/points "
+                                "arrival at the demo process, edited frames during the category cycling"),
         "end_to_end_series": [[round(t - t0, 4), round(lat * 1e3, 2)] for t, lat in e2e],
         "rate_hz": {name: _rate_hz([t for t in a if t0 <= t <= t1]) for name, a in arrivals.items()},
         "throughput_hz": {name: _count_rate_hz(a, t0, t1) for name, a in arrivals.items()},
@@ -297,11 +297,8 @@ def landmark_accuracy(seen, gt, table=None) -> Optional[dict]:
     intr = landmark_eval.ground_truth_intrinsics(gt)
     per_frame = []
     with seen.lock:
-        items = list(seen.landmarks.items())
-    for stamp, msg in items:
-        i = lookup.index_of(stamp)
-        if i is None:
-            continue
+        items = list(seen.landmarks.items())  # sample frame index -> its first landmarks
+    for i, msg in items:
         lm = landmarks_adapter.from_msg(msg)
         per_frame.append(landmark_eval.frame_errors(lm.uv.astype(np.float64), lm.points, lm.valid, gt, i,
                                                     *(table or ()), intrinsics=intr))
@@ -319,11 +316,10 @@ def write_results(out: Path, seen, gt, window: Tuple[float, float]) -> Dict[str,
 
     from facediff_ros.adapters.cloud import from_pointcloud2
     from facediff_ros.adapters.images import from_camera_info_msg
-    from facediff_ros.synthetic.landmark_eval import FrameLookup, ground_truth_intrinsics
+    from facediff_ros.synthetic.landmark_eval import ground_truth_intrinsics
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    lookup = FrameLookup(gt)
     intr = from_camera_info_msg(seen.info) if seen.info is not None else ground_truth_intrinsics(gt)
     rows, per_category, files = [], {}, {}
     for ph in seen.phases:
@@ -338,7 +334,7 @@ def write_results(out: Path, seen, gt, window: Tuple[float, float]) -> Dict[str,
         files[ply.name] = n_points
         per_category[ph.category] = {
             "frames": len(frames), "passed_through_unedited": len(seen.complete_frames(ph, edited=False)),
-            "sample_frames": [lookup.index_of(f.stamp_ns) for f in frames],
+            "sample_frames": [seen.frame_of.get(f.stamp_ns) for f in frames],
             "ply_points": n_points,
             "cloud": {"height": last.points_msg.height, "width": last.points_msg.width,
                       "point_step": last.points_msg.point_step, "frame_id": last.points_msg.header.frame_id},
@@ -354,7 +350,10 @@ def write_results(out: Path, seen, gt, window: Tuple[float, float]) -> Dict[str,
     t0 = window[0]
     lat = latency_summary(seen, window)
     plot_latency(out / "latency.png", lat, [(ph.category, ph.since - t0) for ph in seen.phases])
+    with seen.lock:
+        unknown = sum(i is None for i in seen.frame_of.values())
     return {"per_category": per_category, "latency": lat, "landmarks": landmark_accuracy(seen, gt, table),
+            "camera_frames_not_in_sample": unknown,
             "files": ["montage.png", *files, "summary.json", "latency.png"]}
 
 
@@ -389,6 +388,9 @@ def format_summary(s: Dict[str, object]) -> str:
                      + (f"; table {_f(lm['table_mean_2d_px'], '.2f')} px, "
                         f"{_f(lm['table_mean_3d_mm'], '.2f')} mm"
                         if lm.get("table_mean_2d_px") is not None else ""))
+    if s["camera_frames_not_in_sample"]:
+        lines.append(f"  warning: {s['camera_frames_not_in_sample']} camera images are no frame of the "
+                     f"sample (another camera on this ROS_DOMAIN_ID?)")
     e = lat["end_to_end"]
     lines.append(f"end to end           camera -> /avatar/points median {_f(e['median_ms'], '.0f')} ms, "
                  f"p90 {_f(e['p90_ms'], '.0f')} ms over {e['n']} clouds; avatar "
