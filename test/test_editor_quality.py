@@ -44,3 +44,21 @@ def test_shipped_weights_beat_both_baselines(summary):
     for name in ("editor_1", "editor_4"):
         assert m[name]["depth_rmse_mm"] < m["model_only"]["depth_rmse_mm"], m
     assert m["model_only"]["depth_rmse_mm"] < m["no_edit"]["depth_rmse_mm"], m
+
+
+# The live path on whole frames, read by the independent judges (facediff_ros.judges): one held-out
+# actor sequence, target happy, 2 frames. Measured with the shipped weights (issue 16 report):
+# editor dlib distance source <-> edit 0.416 (model-only 0.415, truth 0.435), expression read as
+# happy on both frames, PSNR 27.58 dB vs no edit 25.46 dB.
+MAX_DLIB = 0.45
+
+
+def test_shipped_weights_keep_identity_and_expression_on_frames():
+    from facediff_ros.synthetic.editor_sequences import SequenceConfig, evaluate_sequences
+    if not (WEIGHTS / "editor.pt").is_file():
+        pytest.skip(f"no shipped editor weights in {WEIGHTS}")
+    s = evaluate_sequences(str(WEIGHTS), SequenceConfig(sequences=1, frames=2, targets=("happy",)))
+    m = s["methods"]
+    assert m["editor"]["dlib_source"] <= MAX_DLIB, m["editor"]
+    assert m["editor"]["expression_accuracy"] == 1.0, m["editor"]["read_as"]
+    assert m["editor"]["psnr_db"] > m["no_edit"]["psnr_db"], m
