@@ -3,7 +3,9 @@
     facediff assets     verify the ICT-FaceKit files and build the model cache (make setup runs it)
     facediff demo       the whole graph on the embedded sample, every expression category; a result folder
     facediff bench      benchmarks: renderer, synthetic actor, capture + landmark nodes, landmarks vs raw
-                        MediaPipe, fitting (make bench); `facediff bench landmarks --json OUT` runs one
+                        MediaPipe, fitting, editor, editor-node (over DDS), stages, graph (end to end),
+                        cloud-ratio (make bench; results in build/bench); `facediff bench graph --json OUT`
+                        runs one
     facediff evaluate   accuracy against synthetic ground truth: `fitting` (per mode) or `editor`
                         (vs the no-edit and model-only baselines), each with --json OUT
     facediff fit        fit the face model to a recording (.db3/.bag) or an image (+ depth PNG, K.json);
@@ -51,7 +53,9 @@ def _cmd_montage(args: argparse.Namespace) -> int:
 # ``facediff bench <target>`` -> the benchmark module; ``facediff bench`` runs them all.
 BENCHMARKS = {"renderer": "facediff_ros.bench.renderer_bench", "actor": "facediff_ros.bench.actor_bench",
               "nodes": "facediff_ros.bench.nodes_bench", "landmarks": "facediff_ros.bench.landmarks_bench",
-              "fitting": "facediff_ros.bench.fitting_bench", "editor": "facediff_ros.bench.editor_bench"}
+              "fitting": "facediff_ros.bench.fitting_bench", "editor": "facediff_ros.bench.editor_bench",
+              "editor-node": "facediff_ros.bench.editor_node_bench", "stages": "facediff_ros.bench.stages_bench",
+              "graph": "facediff_ros.bench.graph_bench", "cloud-ratio": "facediff_ros.bench.capture_cloud_ratio"}
 # ``facediff evaluate <target>`` -> the evaluation module (they make their data from the synthetic actor).
 EVALUATIONS = {"fitting": "facediff_ros.synthetic.fitting_eval",
                "editor": "facediff_ros.synthetic.editor_eval"}

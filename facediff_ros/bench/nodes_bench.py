@@ -31,7 +31,8 @@ import numpy as np
 
 def _stats(ms: List[float]) -> Dict[str, float]:
     a = np.asarray(ms)
-    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "n": int(a.size)}
+    return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)),
+            "p95_ms": float(np.percentile(a, 95)), "p99_ms": float(np.percentile(a, 99)), "n": int(a.size)}
 
 
 def run(recording: Optional[str], frames: int, force_align: bool = False) -> Dict[str, object]:

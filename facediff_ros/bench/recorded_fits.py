@@ -7,6 +7,7 @@ landmark and fitting work out of the editor's figures.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -17,6 +18,7 @@ from facediff_ros.core.capture.sources import CapturedFrame
 class FittedFrame:
     frame: CapturedFrame
     fit: Optional[object]  # core.fitting.tracker.FitResult, None where no face was fitted
+    fit_ms: float = float("nan")  # wall time of the tracker's update in the last pass
 
 
 def recording_path(path: Optional[str]) -> str:
@@ -58,6 +60,7 @@ def fit_frames(frames: List[CapturedFrame], passes: int = 2) -> List[FittedFrame
 
     tracker = FaceTracker(TrackerConfig())
     fits: List[Optional[object]] = [None] * len(frames)
+    fit_ms = [float("nan")] * len(frames)
     with LandmarkPipeline() as pipeline:
         for _ in range(passes):
             for i, f in enumerate(frames):
@@ -67,6 +70,8 @@ def fit_frames(frames: List[CapturedFrame], passes: int = 2) -> List[FittedFrame
                 if lm is None:
                     fits[i] = None
                     continue
+                t0 = time.perf_counter()
                 r = tracker.update(f.intrinsics, lm.uv, lm.points, lm.valid, f.depth)
+                fit_ms[i] = 1e3 * (time.perf_counter() - t0)
                 fits[i] = r if r.ok else None
-    return [FittedFrame(f, r) for f, r in zip(frames, fits)]
+    return [FittedFrame(f, r, ms) for f, r, ms in zip(frames, fits, fit_ms)]

@@ -149,16 +149,21 @@ class AvatarEditor:
     @classmethod
     def from_weights(cls, weights_dir, backend: str = "auto", model: Optional[MorphableModel] = None,
                      config: Optional[AvatarConfig] = None, threads: Optional[int] = 2,
-                     log: Optional[Callable[[str], None]] = None) -> "AvatarEditor":
+                     log: Optional[Callable[[str], None]] = None, spinning: Optional[bool] = False
+                     ) -> "AvatarEditor":
         """An editor over the weights in ``weights_dir`` on ``backend`` (see
         :func:`~facediff_ros.core.editor.backends.make_backend`; ``.backend`` holds it, with ``.why``).
+
+        ``spinning``: onnxruntime's idle threads busy-wait between operators. Off by default: the
+        editor shares a small machine's cores with the capture, landmark and fitting nodes, and
+        spinning threads take CPU from them (None: onnxruntime's default, on).
 
         :raises ValueError: missing or unreadable weights (the message names the file).
         :raises BackendUnavailable: the backend cannot run here.
         """
         from facediff_ros.core.editor.backends import BackendEditor, make_backend  # torch: only when used
         config = config if config is not None else AvatarConfig()
-        den = make_backend(backend, weights_dir, threads=threads, log=log)
+        den = make_backend(backend, weights_dir, threads=threads, log=log, spinning=spinning)
         editor = BackendEditor(den, steps=config.steps, seed=config.seed)
         out = cls(editor, model, config, crop_config_for(weights_dir, editor.size))
         out.backend = den
