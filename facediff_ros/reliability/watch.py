@@ -69,6 +69,13 @@ class NodeProcesses:
         self._spawn(np_)
         return np_
 
+    def start_command(self, name: str, cmd: Sequence[str]) -> NodeProcess:
+        """Start any command (e.g. a probe) under ``name``, watched like a node."""
+        np_ = NodeProcess(name, list(cmd), self.log_dir / f"{name}.log")
+        self.nodes[name] = np_
+        self._spawn(np_)
+        return np_
+
     def _spawn(self, np_: NodeProcess) -> None:
         log = open(np_.log_path, "a")
         log.write(f"==== start {np_.starts + 1}: {' '.join(np_.cmd)}\n")
