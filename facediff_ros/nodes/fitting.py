@@ -232,7 +232,9 @@ class FittingNode(Node):
         self.times.add("message", time.perf_counter() - t2)
         self._fits += 1
         n = self.params.config.mesh_every_n
-        if n and self._fits % n == 0:
+        # Only when someone listens: the Marker holds ~45k Points, and building + serialising it
+        # took 400-600 ms per fit on a loaded 2-core machine, stalling the next fit.
+        if n and self._fits % n == 0 and self.mesh_pub.get_subscription_count() > 0:
             t3 = time.perf_counter()
             v = result.vertices(self.tracker.model)
             self.mesh_pub.publish(face_model_adapter.mesh_marker(v, self._mesh_tris, lm_msg.header))
