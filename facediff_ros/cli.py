@@ -58,7 +58,8 @@ BENCHMARKS = {"renderer": "facediff_ros.bench.renderer_bench", "actor": "facedif
               "graph": "facediff_ros.bench.graph_bench", "cloud-ratio": "facediff_ros.bench.capture_cloud_ratio"}
 # ``facediff evaluate <target>`` -> the evaluation module (they make their data from the synthetic actor).
 EVALUATIONS = {"fitting": "facediff_ros.synthetic.fitting_eval",
-               "editor": "facediff_ros.synthetic.editor_eval"}
+               "editor": "facediff_ros.synthetic.editor_eval",
+               "webcam": "facediff_ros.synthetic.webcam_eval"}
 
 
 def _run_module_main(module: str, json_out: Optional[str], extra: List[str]) -> int:
