@@ -147,3 +147,47 @@ def test_models_older_than_the_image_or_none_at_all_pass_frames_through(node, sc
     st, kv = _diag(n)
     assert "no face model for this frame" in st.message and "passed through unedited" in st.message
     assert kv["passthrough_no_face_model"] == "3"
+
+
+def test_a_frame_to_pass_through_never_displaces_a_waiting_edit(node, scene):
+    """Worker busy with edit A, edit B waiting: a newer frame without a model is dropped
+    (stale_passthrough), B is edited; a newer edit C still replaces a waiting pass-through."""
+    import threading
+    n, out = node
+    gate = threading.Event()
+    real = n.avatar.edit_frame
+
+    def gated(*a, **kw):
+        gate.wait(30.0)
+        return real(*a, **kw)
+
+    n.avatar.edit_frame = gated
+    n.on_info(_msgs(scene, 70)["info"])
+
+    def full(sec):
+        m = _msgs(scene, sec)
+        return {"color": m["color"], "depth": m["depth"], "model": m["model"]}
+
+    def bare(sec):
+        m = _msgs(scene, sec)
+        return {"color": m["color"], "depth": m["depth"]}
+
+    n.submit(full(70))
+    from waiting import wait_for
+    assert wait_for(lambda: n.busy, 10.0)  # A taken by the worker, blocked in the edit
+    n.submit(full(71))       # B waits
+    n.submit(bare(72))       # would replace B: dropped instead
+    assert n.counters["drop_stale_passthrough"] == 1 and n.counters["drop_stale"] == 0
+    gate.set()
+    assert n.wait_idle(30.0)
+    assert [m.header.stamp.sec for m in out["points"]] == [70, 71]
+    assert n.counters["category_happy"] == 2 and n.counters["passthrough_no_face_model"] == 0
+    # The other way round: a pass-through waiting is replaced by a newer edit (counted stale).
+    gate.clear()
+    n.submit(full(73))
+    assert wait_for(lambda: n.busy, 10.0)
+    n.submit(bare(74))
+    n.submit(full(75))
+    gate.set()
+    assert n.wait_idle(30.0)
+    assert [m.header.stamp.sec for m in out["points"]][2:] == [73, 75] and n.counters["drop_stale"] == 1

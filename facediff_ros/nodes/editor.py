@@ -300,9 +300,16 @@ class EditorNode(Node):
 
     # ---- the worker ----------------------------------------------------------------------------
     def submit(self, matched: Dict) -> None:
-        """Hand a matched set to the worker; a set still waiting is replaced and counted stale."""
+        """Hand a matched set to the worker; a set still waiting is replaced and counted stale --
+        except that a frame to pass through (no face model) never replaces a waiting edit: when the
+        fitting chain lags by more than the sync queue, every new colour frame gives up an old one,
+        and those would otherwise displace the edits (it is dropped instead, ``stale_passthrough``)."""
         with self._cond:
             if self._waiting is not None:
+                if "model" in self._waiting and "model" not in matched:
+                    self.drops.add("stale_passthrough", "an edit is waiting; this frame without a face "
+                                   "model is not passed through")
+                    return
                 self.drops.add("stale", "the editor was still busy; a newer frame replaced this one")
             self._waiting = matched
             self._cond.notify()
