@@ -9,6 +9,7 @@ Skipped, with the reason, where namespaces cannot be created (not root, no iprou
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,12 @@ def test_graph_across_two_network_namespaces(tmp_path):
             assert listen.poll() == 0, g.tail()
             report = json.loads(out.read_text())
             rx = pair.bytes_received(1) - rx0
+            # What crosses per second while the graph runs (the capture node publishes at 30 Hz).
+            t_a, b_a = time.monotonic(), pair.bytes_received(1)
+            time.sleep(5.0)
+            rate = (pair.bytes_received(1) - b_a) / (time.monotonic() - t_a)
+            print(f"A -> B while running: {rate / 1e6:.1f} MB/s = {rate / 30 / 1e3:.0f} kB per 30 Hz frame "
+                  f"(424x240 colour {424 * 240 * 3 / 1e3:.0f} kB + depth {424 * 240 * 2 / 1e3:.0f} kB per copy)")
             print(f"two namespaces: {report['received']} clouds in ns B, first after {report['first_arrival_s']:.1f} s, "
                   f"{report['bytes'][0] / 1e6:.2f} MB each, latency {report['latency_s']}; veth B received "
                   f"{rx / 1e6:.1f} MB")
