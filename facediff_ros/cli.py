@@ -54,8 +54,9 @@ def _cmd_montage(args: argparse.Namespace) -> int:
 BENCHMARKS = {"renderer": "facediff_ros.bench.renderer_bench", "actor": "facediff_ros.bench.actor_bench",
               "nodes": "facediff_ros.bench.nodes_bench", "landmarks": "facediff_ros.bench.landmarks_bench",
               "fitting": "facediff_ros.bench.fitting_bench", "editor": "facediff_ros.bench.editor_bench",
-              "editor-node": "facediff_ros.bench.editor_node_bench", "stages": "facediff_ros.bench.stages_bench",
-              "graph": "facediff_ros.bench.graph_bench", "cloud-ratio": "facediff_ros.bench.capture_cloud_ratio"}
+              "editor-node": "facediff_ros.bench.editor_node_bench",
+              "stages": "facediff_ros.bench.stages_bench", "graph": "facediff_ros.bench.graph_bench",
+              "cloud-ratio": "facediff_ros.bench.capture_cloud_ratio"}
 # ``facediff evaluate <target>`` -> the evaluation module (they make their data from the synthetic actor).
 EVALUATIONS = {"fitting": "facediff_ros.synthetic.fitting_eval",
                "editor": "facediff_ros.synthetic.editor_eval",

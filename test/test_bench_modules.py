@@ -38,7 +38,8 @@ def test_plots_are_written(tmp_path):
     from facediff_ros.bench import graph_bench, stages_bench
     m = {"cpus": 2, "cpu_model": "x", "loadavg_1_5_15": [1.0, 1.0, 1.0]}
     g = {"machine_before": m, "machine_after": m, "throughput_fps": 9.0, "edited_fps": 8.0, "duration_s": 5,
-         "latencies_ms": [50.0, 60.0, 200.0], "latency_ms": {"p50_ms": 60.0, "p95_ms": 190.0, "p99_ms": 199.0},
+         "latencies_ms": [50.0, 60.0, 200.0],
+         "latency_ms": {"p50_ms": 60.0, "p95_ms": 190.0, "p99_ms": 199.0},
          "nodes": {"capture": {"cpu_percent": 10.0, "peak_rss_mb": 100.0}, "editor": {"cpu_percent": None}}}
     graph_bench.plot(g, tmp_path / "g.png")
     s = {"machine_before": m, "stages": {"a": {"p50_ms": 1.0, "p95_ms": 2.0}, "b": {"skipped": "why"}}}

@@ -66,7 +66,8 @@ def test_depth_cloud_msg_equals_the_two_step_message(layout):
         msg = depth_cloud_msg(depth, K, colors, layout, h)
         ref = to_pointcloud2(xyzrgb_cloud(depth_to_points(depth, K), colors, layout), h)
         assert bytes(msg.data) == bytes(ref.data)
-        for f in ("height", "width", "point_step", "row_step", "is_dense", "is_bigendian", "fields", "header"):
+        for f in ("height", "width", "point_step", "row_step", "is_dense", "is_bigendian", "fields",
+                  "header"):
             assert getattr(msg, f) == getattr(ref, f), f
         assert msg.is_dense is (not holes)
         assert np.array_equal(from_pointcloud2(msg)["z"], depth_to_points(depth, K)[..., 2], equal_nan=True)

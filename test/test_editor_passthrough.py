@@ -63,8 +63,9 @@ def _header(sec):
 
 def _msgs(scene, sec):
     h = _header(sec)
-    return dict(color=to_image_msg(scene["color"], "rgb8", h), depth=to_image_msg(scene["depth_mm"], "16UC1", h),
-                info=to_camera_info_msg(K, h), model=fm.to_msg(scene["fit"], h, scene["names"]))
+    return dict(color=to_image_msg(scene["color"], "rgb8", h),
+                depth=to_image_msg(scene["depth_mm"], "16UC1", h), info=to_camera_info_msg(K, h),
+                model=fm.to_msg(scene["fit"], h, scene["names"]))
 
 
 @pytest.fixture

@@ -48,8 +48,8 @@ class PackagePath:
 
     def __init__(self, path: str, force_align: bool):
         from facediff_ros.core.capture import sources
-        self.source = sources.RecordingSource(sources.RecordingConfig(path=str(path), loop=True, realtime=False,
-                                                                      force_align=force_align))
+        config = sources.RecordingConfig(path=str(path), loop=True, realtime=False, force_align=force_align)
+        self.source = sources.RecordingSource(config)
         self.source.open()
         self.stages: Dict[str, List[float]] = {"read": [], "pack": []}
 
@@ -182,7 +182,8 @@ def main(argv=None) -> int:
     import argparse
     import json
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--recording", help="a RealSense .db3/.bag (default: a temporary 640x480 actor recording)")
+    ap.add_argument("--recording",
+                    help="a RealSense .db3/.bag (default: a temporary 640x480 actor recording)")
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--json")
     args = ap.parse_args(argv)

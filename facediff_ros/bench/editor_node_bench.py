@@ -35,7 +35,8 @@ from typing import Dict, List, Optional
 from facediff_ros.bench.process_stats import CpuWindow, latency_stats, machine
 
 
-def start_nodes(names: List[str], overrides: Dict[str, str], extra: Dict[str, Dict[str, object]], env: Dict[str, str]):
+def start_nodes(names: List[str], overrides: Dict[str, str], extra: Dict[str, Dict[str, object]],
+                env: Dict[str, str]):
     """GraphProcesses of the graph's ``names`` nodes (bringup's specs + ``extra`` parameters), started."""
     from facediff_ros.bringup import graph
     from facediff_ros.bringup.processes import GraphProcesses
@@ -167,7 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", default="30hz,flood", help="comma-separated: 30hz, flood (default both)")
     ap.add_argument("--backend", default="onnxruntime-cpu", help="editor backend (default onnxruntime-cpu)")
     ap.add_argument("--steps", type=int, default=4, help="editor network evaluations (default 4)")
-    ap.add_argument("--frames", type=int, default=300, help="at most this many recording frames (default all)")
+    ap.add_argument("--frames", type=int, default=300,
+                    help="at most this many recording frames (default all)")
     ap.add_argument("--domain", type=int, help="ROS_DOMAIN_ID (default: a random one in 150-230)")
     ap.add_argument("--no-cloud-ratio", action="store_true", help="skip the capture -> cloud comparison")
     ap.add_argument("--json", help="write the results here (default build/bench/editor_node.json)")

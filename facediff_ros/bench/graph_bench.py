@@ -36,8 +36,8 @@ from facediff_ros.bench.process_stats import CpuWindow, latency_stats, machine
 NODES = ("capture", "landmarks", "fitting", "editor")
 
 
-def run(duration_s: float, backend: str, steps: Optional[int], recording: Optional[str], domain: Optional[int],
-        extra: Optional[Dict[str, Dict[str, object]]] = None, warmup_s: float = 3.0,
+def run(duration_s: float, backend: str, steps: Optional[int], recording: Optional[str],
+        domain: Optional[int], extra: Optional[Dict[str, Dict[str, object]]] = None, warmup_s: float = 3.0,
         start_timeout_s: float = 180.0) -> Dict:
     import rclpy
 
@@ -55,8 +55,9 @@ def run(duration_s: float, backend: str, steps: Optional[int], recording: Option
         params["editor"]["steps"] = steps
     for n, p in (extra or {}).items():
         params.setdefault(n, {}).update(p)
-    res: Dict[str, object] = {"bench": "graph", "machine_before": machine(), "domain": int(env["ROS_DOMAIN_ID"]),
-                              "arguments": overrides, "node_parameters": params}
+    res: Dict[str, object] = {"bench": "graph", "machine_before": machine(),
+                              "domain": int(env["ROS_DOMAIN_ID"]), "arguments": overrides,
+                              "node_parameters": params}
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     procs = start_nodes(list(NODES), overrides, params, env)
@@ -90,9 +91,10 @@ def run(duration_s: float, backend: str, steps: Optional[int], recording: Option
         res["nodes"] = {}
         for n in NODES:
             after = probe.diag(n)
-            res["nodes"][n] = {"counts": diag_delta(before[n], after, prefixes=(
-                "drop_", "sync_", "passthrough", "frames_", "lost", "faces", "models_", "no_face", "published")),
-                "stage_ms": stage_ms(after), **res["processes"].get(n, {})}
+            counters = ("drop_", "sync_", "passthrough", "frames_", "lost", "faces", "models_", "no_face",
+                        "published")
+            res["nodes"][n] = {"counts": diag_delta(before[n], after, prefixes=counters),
+                               "stage_ms": stage_ms(after), **res["processes"].get(n, {})}
         ed = res["nodes"]["editor"]["counts"]
         # Clouds of frames the editor passed through unedited (no face model in time) are not edits.
         res["edited"] = ed.get("frames_out", 0) - ed.get("passthrough_no_face_model", 0)
@@ -126,8 +128,8 @@ def plot(res: Dict, path: Path) -> None:
         a.legend(fontsize=8)
     a.set_xlabel("camera stamp -> /avatar/points received (ms)")
     a.set_ylabel("clouds")
-    a.set_title(f"end to end: {res.get('throughput_fps', 0):.1f} clouds/s ({res.get('edited_fps', 0):.1f} edited) "
-                f"over {res.get('duration_s', 0):.0f} s", fontsize=10)
+    a.set_title(f"end to end: {res.get('throughput_fps', 0):.1f} clouds/s "
+                f"({res.get('edited_fps', 0):.1f} edited) over {res.get('duration_s', 0):.0f} s", fontsize=10)
     names = list(res.get("nodes", {}))
     cpu = [res["nodes"][n].get("cpu_percent") or 0 for n in names]
     rss = [res["nodes"][n].get("peak_rss_mb") or 0 for n in names]
@@ -136,8 +138,8 @@ def plot(res: Dict, path: Path) -> None:
         b.text(i, c, f"{c:.0f}%\n{r:.0f} MB", ha="center", va="bottom", fontsize=8)
     b.set_ylabel("CPU % (100 = one core); label: peak RSS")
     m0, m1 = res["machine_before"], res.get("machine_after", res["machine_before"])
-    b.set_title(f"{m0['cpus']} cores; load avg {m0['loadavg_1_5_15'][0]:.1f} -> {m1['loadavg_1_5_15'][0]:.1f} "
-                f"(shared machine)", fontsize=10)
+    b.set_title(f"{m0['cpus']} cores; load avg {m0['loadavg_1_5_15'][0]:.1f} -> "
+                f"{m1['loadavg_1_5_15'][0]:.1f} (shared machine)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -161,12 +163,12 @@ def main(argv=None) -> int:
     js.write_text(json.dumps(res, indent=2))
     plot(res, out / "graph.png")
     lat = res["latency_ms"]
-    print(f"graph: {res['throughput_fps']} clouds/s ({res['edited_fps']} edited frames/s), latency p50 {lat['p50_ms']} p95 {lat['p95_ms']} "
-          f"p99 {lat['p99_ms']} ms; load {res['machine_before']['loadavg_1_5_15'][0]:.1f}; target met: "
-          f"{res['target']['met']}")
+    print(f"graph: {res['throughput_fps']} clouds/s ({res['edited_fps']} edited frames/s), latency "
+          f"p50 {lat['p50_ms']} p95 {lat['p95_ms']} p99 {lat['p99_ms']} ms; "
+          f"load {res['machine_before']['loadavg_1_5_15'][0]:.1f}; target met: {res['target']['met']}")
     for n, v in res["nodes"].items():
-        print(f"  {n:<10} CPU {v.get('cpu_percent') or 0:5.1f}%  peak RSS {v.get('peak_rss_mb') or 0:6.1f} MB  "
-              f"{v['counts']}")
+        cpu, rss = v.get("cpu_percent") or 0, v.get("peak_rss_mb") or 0
+        print(f"  {n:<10} CPU {cpu:5.1f}%  peak RSS {rss:6.1f} MB  {v['counts']}")
     print(f"wrote {js} and {out / 'graph.png'}")
     return 0
 

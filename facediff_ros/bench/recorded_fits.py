@@ -65,7 +65,8 @@ def fit_frames(frames: List[CapturedFrame], passes: int = 2) -> List[FittedFrame
         for _ in range(passes):
             for i, f in enumerate(frames):
                 m = frame_messages(f, device_stamp(f), "camera_color_optical_frame", "16UC1")
-                res = pipeline.process(image_fields(m.color), image_fields(m.depth), camera_info_fields(m.info))
+                res = pipeline.process(image_fields(m.color), image_fields(m.depth),
+                                       camera_info_fields(m.info))
                 lm = res.landmarks
                 if lm is None:
                     fits[i] = None

@@ -64,7 +64,8 @@ def editor_stages(fitted, backends=("onnxruntime-cpu", "torch"), steps=(1, 2, 4)
                 f = frames[i % len(frames)]
                 depth_m = f.frame.depth.astype(np.float32) / np.float32(1000.0)
                 t0, c0 = time.perf_counter(), time.process_time()
-                r = avatar.edit_frame(f.frame.color, depth_m, f.frame.intrinsics, f.fit, "happy", 1.0, steps=n)
+                r = avatar.edit_frame(f.frame.color, depth_m, f.frame.intrinsics, f.fit, "happy", 1.0,
+                                      steps=n)
                 if i < 2:
                     continue  # first calls: allocations, thread pools
                 total.append(1e3 * (time.perf_counter() - t0))
@@ -142,7 +143,8 @@ def run(recording: Optional[str], frames: int, edits: int, transport: bool, log=
         stages[k.replace("_total", "")] = {"n": s["n"], "p50_ms": s["median_ms"], "p95_ms": s["p95_ms"],
                                            "p99_ms": s["p99_ms"], "fps_alone": None}
     res["capture_landmarks_detail"] = nb["stages"]
-    log(f"capture p50 {stages['capture']['p50_ms']:.2f} ms, landmarks p50 {stages['landmarks']['p50_ms']:.2f} ms")
+    log(f"capture p50 {stages['capture']['p50_ms']:.2f} ms, "
+        f"landmarks p50 {stages['landmarks']['p50_ms']:.2f} ms")
     fitted = fit_frames(read_frames(recording, max_frames=frames), passes=3)
     res["image_size_hw"] = list(fitted[0].frame.intrinsics.shape)
     stages["fitting"] = _stage([f.fit_ms for f in fitted if f.fit is not None])

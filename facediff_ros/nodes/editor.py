@@ -446,7 +446,8 @@ class EditorNode(Node):
         if p.cloud_organized:  # (H, W), written straight into the message's buffer
             cloud_out = depth_cloud_msg(depth_m, K, color, p.cloud_layout, header)
         else:  # (N,) valid points, row-major order
-            cloud_out = to_pointcloud2(valid_points(depth_to_cloud(depth_m, K, color, p.cloud_layout)), header)
+            cloud = valid_points(depth_to_cloud(depth_m, K, color, p.cloud_layout))
+            cloud_out = to_pointcloud2(cloud, header)
         t4 = time.perf_counter()
         self.times.add("cloud", t4 - t3)
         self.color_pub.publish(color_out)
