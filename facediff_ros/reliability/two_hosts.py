@@ -55,7 +55,21 @@ class VethPair:
         self.addr = [f"{self.subnet}.1", f"{self.subnet}.2"]
         self.dev = ["fdvethA", "fdvethB"]  # names inside the namespaces only
 
+    @staticmethod
+    def remove_stale() -> List[str]:
+        """Delete pairs left by a test process that died before its clean-up (``fdA<pid>``/``fdB<pid>``
+        whose process is gone); returns their names."""
+        import re
+        gone = []
+        for line in _ip("ip", "netns", "list").stdout.splitlines():
+            m = re.match(r"(fd[AB](\d+))\b", line.strip())
+            if m and not Path(f"/proc/{m.group(2)}").exists():
+                _ip("ip", "netns", "del", m.group(1))
+                gone.append(m.group(1))
+        return gone
+
     def create(self) -> "VethPair":
+        self.remove_stale()
         try:
             for ns in self.ns:
                 self._check(_ip("ip", "netns", "add", ns))
