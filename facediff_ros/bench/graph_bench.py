@@ -137,6 +137,7 @@ def plot(res: Dict, path: Path) -> None:
     for i, (c, r) in enumerate(zip(cpu, rss)):
         b.text(i, c, f"{c:.0f}%\n{r:.0f} MB", ha="center", va="bottom", fontsize=8)
     b.set_ylabel("CPU % (100 = one core); label: peak RSS")
+    b.set_ylim(0, 1.25 * max(cpu + [1.0]))  # room for the labels
     m0, m1 = res["machine_before"], res.get("machine_after", res["machine_before"])
     b.set_title(f"{m0['cpus']} cores; load avg {m0['loadavg_1_5_15'][0]:.1f} -> "
                 f"{m1['loadavg_1_5_15'][0]:.1f} (shared machine)", fontsize=10)
