@@ -30,8 +30,10 @@ BYTES_PER_PIXEL = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "16
 UINT32 = st.integers(0, 2 ** 32 - 1)
 INT32 = st.integers(-2 ** 31, 2 ** 31 - 1)
 ODD_FLOATS = st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e-300, -1.0, 1e300, 3.4e38, 5e-324])
-FLOATS = st.one_of(st.floats(-1e4, 1e4, allow_nan=False), ODD_FLOATS, st.floats(allow_nan=True, allow_infinity=True))
-F32 = st.one_of(st.floats(-1e4, 1e4, allow_nan=False, width=32), ODD_FLOATS.map(lambda x: float(np.float32(x))),
+FLOATS = st.one_of(st.floats(-1e4, 1e4, allow_nan=False), ODD_FLOATS, st.floats(allow_nan=True,
+                                                                                allow_infinity=True))
+F32 = st.one_of(st.floats(-1e4, 1e4, allow_nan=False, width=32),
+                ODD_FLOATS.map(lambda x: float(np.float32(x))),
                 st.floats(width=32))
 
 
@@ -97,7 +99,8 @@ def image_fields(draw, shape=None, encodings=ENCODINGS):
         n = draw(st.integers(0, 4096))
     fill = draw(st.sampled_from(["random", "zero", "ff", "nan", "inf", "const"]))
     if fill == "random":
-        data = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1))).integers(0, 256, n, np.uint8).tobytes()
+        data = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1))).integers(0, 256, n,
+                                                                                 np.uint8).tobytes()
     elif fill == "zero":
         data = bytes(n)
     elif fill == "ff":

@@ -67,7 +67,8 @@ def test_kill_and_restart_each_node_output_resumes(listener, tmp_path):
     params.write_text("/**:\n  ros__parameters:\n    diagnostics_period_s: 0.25\n")
     env = dict(os.environ, HOME=str(home), TMPDIR=str(tmp), ROS_LOG_DIR=str(logs),
                FACEDIFF_CACHE_DIR=str(assets.default_cache_dir()))  # the model cache made by `make setup`
-    g = GraphProcesses(graph.node_specs(graph.resolve({"params_file": str(params)})), env=env, log=lambda m: None)
+    g = GraphProcesses(graph.node_specs(graph.resolve({"params_file": str(params)})), env=env,
+                       log=lambda m: None)
 
     def tail():
         return "\n".join(f"--- {n} (alive {a}):\n{g.tail(n, 15)}" for n, a in g.alive().items())
@@ -96,11 +97,13 @@ def test_kill_and_restart_each_node_output_resumes(listener, tmp_path):
                 f"no /avatar/points after {name} restarted\n{tail()}"
             resumed = listener.since(t_up)[0][0] - t_up
             gap = [a[0] for a in listener.since(t_kill)]
-            report[name] = dict(up_after_restart_s=round(t_up - t_restart, 2), points_after_up_s=round(resumed, 2),
-                                points_longest_gap_s=round(max(np.diff([t_kill] + gap)) if gap else float("nan"), 2))
+            report[name] = dict(up_after_restart_s=round(t_up - t_restart, 2),
+                                points_after_up_s=round(resumed, 2),
+                                points_longest_gap_s=round(max(np.diff([t_kill] + gap)), 2))
             if name in own:  # the node's own topic (the editor passes frames through without a model)
                 assert wait_for(lambda: any(t >= t_up for t in own[name]), timeout=30.0), f"no {name} output"
-                report[name]["own_output_after_up_s"] = round(min(t for t in own[name] if t >= t_up) - t_up, 2)
+                report[name]["own_output_after_up_s"] = round(min(t for t in own[name] if t >= t_up) - t_up,
+                                                              2)
                 assert report[name]["own_output_after_up_s"] <= RESUME_S, (name, report[name])
             assert resumed <= RESUME_S, (name, report[name])
             assert all(g.alive().values()), tail()
@@ -132,11 +135,13 @@ def test_capture_reports_a_missing_source_retries_and_reports_the_end(listener, 
     if not SAMPLE.is_file():
         pytest.skip("the embedded sample recording is not installed")
     frames = []
-    listener.node.create_subscription(Image, "/camera/camera/color/image_raw", frames.append, qos_profile_sensor_data)
+    listener.node.create_subscription(Image, "/camera/camera/color/image_raw", frames.append,
+                                      qos_profile_sensor_data)
     path = tmp_path / "later.db3"
     g = NodeProcesses(tmp_path / "logs", cwd=str(ROOT))
     try:
-        g.start("capture", DIAG + ["-p", f"recording_path:={path}", "-p", "loop:=false", "-p", "retry_initial_s:=0.2",
+        g.start("capture", DIAG + ["-p", f"recording_path:={path}", "-p", "loop:=false", "-p",
+                                   "retry_initial_s:=0.2",
                                    "-p", "retry_max_s:=0.5", "-p", "realtime:=true"])
 
         def failed_twice():
@@ -183,12 +188,14 @@ def test_60hz_input_into_a_slower_editor_keeps_latency_bounded(listener, tmp_pat
 
     K = Intrinsics.from_fov(320, 240, 69.0)
     v, u = np.mgrid[0:K.height, 0:K.width].astype(np.float64)
-    color = np.clip(np.stack([40 + 0.6 * u, 30 + 0.7 * v, 128 + 50 * np.sin(u / 30.0)], -1), 0, 255).astype(np.uint8)
+    color = np.clip(np.stack([40 + 0.6 * u, 30 + 0.7 * v, 128 + 50 * np.sin(u / 30.0)], -1), 0,
+                    255).astype(np.uint8)
     depth = np.rint((0.6 + 0.0004 * (u - 160)) * 1000).astype(np.uint16)
     R = rotation_matrix((0.05, 0.2, 0.0))
     c_model = model.vertices(np.zeros(20, np.float32), np.zeros(model.num_expression, np.float32))[
         model.landmarks68].mean(axis=0)
-    fit = FitResult(True, "tracking", "", np.zeros(20, np.float32), np.zeros(model.num_expression, np.float32), R,
+    fit = FitResult(True, "tracking", "", np.zeros(20, np.float32), np.zeros(model.num_expression,
+                                                                             np.float32), R,
                     np.array([0.0, 0.0, 0.6]) - R @ c_model, 0.001, 0.9, True, ("depth",))
     cam = topics.camera_topics("camera", "camera")
     node = listener.node
@@ -206,7 +213,8 @@ def test_60hz_input_into_a_slower_editor_keeps_latency_bounded(listener, tmp_pat
         while not stop.is_set():
             h = Header(frame_id="camera_color_optical_frame", stamp=node.get_clock().now().to_msg())
             msgs = {"info": to_camera_info_msg(K, h), "depth": to_image_msg(depth, "16UC1", h),
-                    "model": fm.to_msg(fit, h, model.expression_names), "color": to_image_msg(color, "rgb8", h)}
+                    "model": fm.to_msg(fit, h, model.expression_names), "color": to_image_msg(color, "rgb8",
+                                                                                              h)}
             for k in ("info", "depth", "model", "color"):
                 pubs[k].publish(msgs[k])
             sent["n"] += 1
@@ -229,11 +237,13 @@ def test_60hz_input_into_a_slower_editor_keeps_latency_bounded(listener, tmp_pat
         first, last = np.median(lat[:third]), np.median(lat[-third:])
         c = _status(listener, "editor")[2]
         print(f"60 Hz into the editor: sent {sent_hz:.1f} Hz, out {len(arr) / 12.0:.1f} Hz, latency median "
-              f"first third {first * 1e3:.0f} ms, last third {last * 1e3:.0f} ms, max {lat.max() * 1e3:.0f} ms; "
-              f"drop_stale {c.get('drop_stale')}, sync {[(k, v) for k, v in c.items() if k.startswith('sync_')]}")
+              f"first third {first * 1e3:.0f} ms, last third {last * 1e3:.0f} ms, "
+              f"max {lat.max() * 1e3:.0f} ms; drop_stale {c.get('drop_stale')}, "
+              f"sync {[(k, v) for k, v in c.items() if k.startswith('sync_')]}")
         assert sent_hz > 40, sent_hz  # the input really was fast (this machine is shared)
         assert last < first + 0.5 and lat.max() < 3.0, lat
-        dropped = int(c.get("drop_stale", 0)) + sum(int(v) for k, v in c.items() if k.startswith("sync_overflow"))
+        dropped = int(c.get("drop_stale", 0)) + sum(int(v) for k,
+                                                    v in c.items() if k.startswith("sync_overflow"))
         assert dropped > 0, c
         assert int(c.get("frames_in", 0)) > int(c.get("frames_out", 0)), c
     finally:

@@ -26,8 +26,8 @@ from facediff_ros.core.capture.sources import CapturedFrame  # noqa: E402
 from facediff_ros.core.fitting.tracker import FitResult  # noqa: E402
 from facediff_ros.core.landmarks.pipeline import Landmarks  # noqa: E402
 from facediff_ros.msg import FaceLandmarks, FaceModel  # noqa: E402
-from fuzz_messages import (F32, FLOATS, FUZZ, UINT32, camera_info_fields, camera_info_msg, header,  # noqa: E402
-                           image_fields, image_msg, stamp, stamps)
+from fuzz_messages import (F32, FLOATS, FUZZ, UINT32, camera_info_fields, camera_info_msg,  # noqa: E402
+                           header, image_fields, image_msg, stamp, stamps)
 
 N = FaceLandmarks.NUM_LANDMARKS
 
@@ -67,7 +67,8 @@ def test_image_message_to_array(f, t):
 
 
 @FUZZ
-@given(st.integers(0, 20), st.integers(0, 20), st.sampled_from(["rgb8", "bgr8", "mono8", "16UC1", "32FC1", "rgba8"]),
+@given(st.integers(0, 20), st.integers(0, 20), st.sampled_from(["rgb8", "bgr8", "mono8", "16UC1", "32FC1",
+                                                                "rgba8"]),
        st.integers(0, 2 ** 32 - 1), st.sampled_from([None, 0, 1, 7]))
 def test_array_to_image_message_round_trip(h, w, enc, seed, pad):
     rng = np.random.default_rng(seed)
@@ -189,7 +190,8 @@ def test_landmarks_numpy_cdr_equals_rclpy_and_round_trips(a, t, frame_id):
     for name in ("header", "image_width", "image_height", "valid", "presence", "bbox"):
         assert getattr(mine, name) == getattr(theirs, name), name
     for name in ("u", "v"):
-        assert np.array_equal(np.asarray(getattr(mine, name)), np.asarray(getattr(theirs, name)), equal_nan=True)
+        assert np.array_equal(np.asarray(getattr(mine, name)), np.asarray(getattr(theirs, name)),
+                              equal_nan=True)
     p_mine = np.array([(p.x, p.y, p.z) for p in mine.points])
     assert np.array_equal(p_mine, np.array([(p.x, p.y, p.z) for p in theirs.points]), equal_nan=True)
     back = landmarks.from_msg(deserialize_message(payload, FaceLandmarks))
@@ -227,11 +229,13 @@ def test_landmarks_arrays_out_of_range_are_value_errors(data):
 @st.composite
 def face_landmarks_msgs(draw):
     n = draw(st.sampled_from([N, N, N, 0, 1, N - 1, N + 1, 600]))
-    lengths = {k: (n if draw(st.integers(0, 5)) else draw(st.integers(0, 600))) for k in ("u", "v", "p", "valid")}
+    lengths = {k: (n if draw(st.integers(0, 5)) else draw(st.integers(0, 600))) for k in ("u", "v", "p",
+                                                                                          "valid")}
     msg = FaceLandmarks(header=header(draw(stamps())), image_width=draw(UINT32), image_height=draw(UINT32))
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
     msg.u = rng.uniform(-1e3, 1e3, lengths["u"]).astype(np.float32).tolist()
-    msg.v = [draw(F32) for _ in range(min(lengths["v"], 3))] + rng.normal(0, 100, max(0, lengths["v"] - 3)).tolist()
+    head = [draw(F32) for _ in range(min(lengths["v"], 3))]
+    msg.v = head + rng.normal(0, 100, max(0, lengths["v"] - 3)).tolist()
     pts = rng.normal(0, 1, (lengths["p"], 3))
     if lengths["p"]:
         pts[rng.random(lengths["p"]) < 0.2] = draw(FLOATS)
@@ -270,14 +274,18 @@ def test_face_model_round_trip(seed, k, e, t, rms):
     rng = np.random.default_rng(seed)
     q = rng.normal(size=4)
     R = _rotation(q)
-    fit = FitResult(True, "tracking", "", rng.normal(size=k).astype(np.float32), rng.random(e).astype(np.float32),
+    fit = FitResult(True, "tracking", "", rng.normal(size=k).astype(np.float32),
+                    rng.random(e).astype(np.float32),
                     R, rng.normal(0, 1, 3), rms, float(rng.random()), bool(rng.random() < 0.5), ("depth",))
     names = [f"bs{i}" for i in range(e)]
     msg = face_model.to_msg(fit, header(t), names)
     back = face_model.from_msg(deserialize_message(serialize_message(msg), FaceModel))
     assert np.array_equal(back.identity, fit.identity) and np.array_equal(back.expression, fit.expression)
     assert np.allclose(back.R, R, atol=1e-9) and np.allclose(back.t, fit.t)
-    assert math.isnan(back.residual_rms) if not math.isfinite(np.float32(rms)) else back.residual_rms == np.float32(rms)
+    if math.isfinite(np.float32(rms)):
+        assert back.residual_rms == np.float32(rms)
+    else:
+        assert math.isnan(back.residual_rms)
     with pytest.raises(ValueError):
         face_model.to_msg(fit, header(t), names + ["extra"])
 

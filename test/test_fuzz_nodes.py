@@ -34,9 +34,9 @@ from facediff_ros.adapters import face_model as fm  # noqa: E402
 from facediff_ros.adapters import landmarks as landmarks_adapter  # noqa: E402
 from facediff_ros.adapters.images import to_camera_info_msg, to_image_msg  # noqa: E402
 from facediff_ros.core.landmarks.pipeline import DROP_REASONS  # noqa: E402
-from facediff_ros.msg import ExpressionTarget, FaceLandmarks, FaceModel  # noqa: E402
-from fuzz_messages import (F32, FLOATS, FUZZ, UINT32, camera_info_fields, camera_info_msg, header,  # noqa: E402
-                           image_fields, image_msg, stamp, stamps)
+from facediff_ros.msg import ExpressionTarget, FaceLandmarks  # noqa: E402
+from fuzz_messages import (F32, FLOATS, FUZZ, UINT32, camera_info_fields, camera_info_msg,  # noqa: E402
+                           header, image_fields, image_msg, stamp, stamps)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,8 @@ def _drops(counts):
     return {k[len("drop_"):]: v for k, v in counts.items() if k.startswith("drop_")}
 
 
-def _check_accounting(node, pivot_in, pivot, outcomes, pre_sync=(), not_frames=("bad_camera_info", "bad_header")):
+def _check_accounting(node, pivot_in, pivot, outcomes, pre_sync=(), not_frames=("bad_camera_info",
+                                                                                "bad_header")):
     """The invariants of the module docstring on ``node``'s counters (absolute totals, so that they
     hold across examples that share the node). ``pre_sync``: drop reasons of pivot messages before
     pairing; ``not_frames``: drops of messages that are not frames (a CameraInfo refused)."""
@@ -152,7 +153,8 @@ def _fuzz_landmarks(node, actor, case, stamps_):
     for key in case["order"]:
         callbacks[key](msgs[key])
     # bad_camera_info is a frame's drop here (the pipeline checks the paired CameraInfo).
-    drops = _check_accounting(node, "frames_in", "color", ("faces_out", "no_face"), pre_sync=("no_camera_info",),
+    drops = _check_accounting(node, "frames_in", "color", ("faces_out", "no_face"),
+                              pre_sync=("no_camera_info",),
                               not_frames=("bad_header",))
     assert set(drops) <= LANDMARK_DROPS, drops
 
@@ -195,18 +197,21 @@ def fitting_node(ctx):
     node.destroy_node()
 
 
-FITTING_DROPS = {"no_camera_info", "bad_landmarks", "size_mismatch", "bad_depth", "bad_header", "bad_camera_info"}
+FITTING_DROPS = {"no_camera_info", "bad_landmarks", "size_mismatch", "bad_depth", "bad_header",
+                 "bad_camera_info"}
 
 
 @st.composite
 def face_landmarks_changes(draw):
     """Changes to a good FaceLandmarks: lengths, NaN/inf, sizes, presence, bbox."""
-    kind = draw(st.sampled_from(["length", "nan", "values", "size", "presence", "bbox", "all_invalid", "none"]))
+    kind = draw(st.sampled_from(["length", "nan", "values", "size", "presence", "bbox", "all_invalid",
+                                 "none"]))
     return dict(kind=kind, length=draw(st.sampled_from([0, 1, 477, 479, 1000])),
                 field=draw(st.sampled_from(["u", "v", "points", "valid"])), value=draw(FLOATS),
-                frac=draw(st.floats(0, 1)), size=(draw(st.one_of(st.integers(0, 400), UINT32)),
-                                                 draw(st.one_of(st.integers(0, 400), UINT32))),
-                presence=draw(F32), bbox=tuple(draw(UINT32) for _ in range(4)), seed=draw(st.integers(0, 2 ** 32 - 1)))
+                frac=draw(st.floats(0, 1)),
+                size=tuple(draw(st.one_of(st.integers(0, 400), UINT32)) for _ in range(2)),
+                presence=draw(F32), bbox=tuple(draw(UINT32) for _ in range(4)),
+                seed=draw(st.integers(0, 2 ** 32 - 1)))
 
 
 def _bad_landmarks(lm_msg, ch):
@@ -222,11 +227,13 @@ def _bad_landmarks(lm_msg, ch):
         {"u": u, "v": v}.get(ch["field"], u)[sel] = np.nan
         pts[sel] = np.nan  # valid may still say True: the adapter must refuse it
     elif k == "values":
-        u[sel] = np.float32(ch["value"]) if abs(ch["value"]) < 3e38 or not math.isfinite(ch["value"]) else np.inf
+        fits = abs(ch["value"]) < 3e38 or not math.isfinite(ch["value"])
+        u[sel] = np.float32(ch["value"]) if fits else np.inf
         pts[sel] = ch["value"]
     elif k == "all_invalid":
         valid[:] = False
-    lists = dict(u=u.tolist(), v=v.tolist(), points=[Point(x=float(a), y=float(b), z=float(c)) for a, b, c in pts],
+    lists = dict(u=u.tolist(), v=v.tolist(), points=[Point(x=float(a), y=float(b), z=float(c)) for a, b,
+                                                     c in pts],
                  valid=valid.tolist())
     if k == "length":
         n = ch["length"]
@@ -247,7 +254,8 @@ def fitting_cases(draw, target):
     return dict(target=target, seed=draw(st.integers(0, 1)), stamp=draw(stamps()),
                 restamp=draw(st.sampled_from([False, False, False, True])),
                 image=draw(image_fields(shape=(120, 160))), info=draw(camera_info_fields(shape=(120, 160))),
-                lm=draw(face_landmarks_changes()), order=draw(st.permutations(["info", "depth", "landmarks"])))
+                lm=draw(face_landmarks_changes()), order=draw(st.permutations(["info", "depth",
+                                                                               "landmarks"])))
 
 
 _fitting_stamps = Stamps()
@@ -263,7 +271,8 @@ def test_fitting_callbacks(fitting_node, actor, target):
         f = actor[case["seed"]]
         t = _fitting_stamps.next()
         h = header(t)
-        msgs = {"landmarks": landmarks_adapter.to_msg(f["lm"], h), "depth": to_image_msg(f["depth"], "16UC1", h),
+        msgs = {"landmarks": landmarks_adapter.to_msg(f["lm"], h), "depth": to_image_msg(f["depth"],
+                                                                                         "16UC1", h),
                 "info": to_camera_info_msg(f["intr"], h)}
         th = header(case["stamp"] if case["restamp"] else t)
         if target == "landmarks":
@@ -307,12 +316,14 @@ def editor_node(ctx, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz_editor_weights")
     save_weights(folder, EditorUNet(cfg).state_dict(), TrainConfig(net=cfg))
     node = EditorNode(context=ctx, parameter_overrides=[
-        Parameter("weights", value=str(folder)), Parameter("backend", value="torch"), Parameter("steps", value=1)])
+        Parameter("weights", value=str(folder)), Parameter("backend", value="torch"), Parameter("steps",
+                                                                                                value=1)])
     yield node
     node.destroy_node()
 
 
-EDITOR_DROPS = {"no_camera_info", "bad_color", "bad_depth", "size_mismatch", "bad_model", "edit_refused", "no_depth",
+EDITOR_DROPS = {"no_camera_info", "bad_color", "bad_depth", "size_mismatch", "bad_model", "edit_refused",
+                "no_depth",
                 "no_face_model",
                 "stale", "bad_header", "bad_camera_info"}
 
@@ -358,7 +369,8 @@ def editor_cases(draw, target):
     return dict(target=target, seed=draw(st.integers(0, 1)), stamp=draw(stamps()),
                 restamp=draw(st.sampled_from([False, False, False, True])),
                 image=draw(image_fields(shape=(120, 160))), info=draw(camera_info_fields(shape=(120, 160))),
-                model=draw(face_model_changes()), order=draw(st.permutations(["info", "depth", "model", "color"])))
+                model=draw(face_model_changes()), order=draw(st.permutations(["info", "depth", "model",
+                                                                              "color"])))
 
 
 @st.composite
@@ -379,7 +391,8 @@ def _editor_messages(model, actor, case, target):
     t = _editor_stamps.next()
     h = header(t)
     from facediff_ros.core.fitting.tracker import FitResult
-    fit = FitResult(True, "tracking", "", np.zeros(20, np.float32), np.zeros(model.num_expression, np.float32),
+    fit = FitResult(True, "tracking", "", np.zeros(20, np.float32), np.zeros(model.num_expression,
+                                                                             np.float32),
                     f["R"], f["t"], 0.001, 0.9, True, ("depth",))
     msgs = {"color": to_image_msg(f["color"], "rgb8", h), "depth": to_image_msg(f["depth"], "16UC1", h),
             "info": to_camera_info_msg(f["intr"], h), "model": fm.to_msg(fit, h, model.expression_names)}
@@ -408,7 +421,8 @@ def test_editor_callbacks(editor_node, actor, model, target):
     @given(editor_cases(target))
     def run(case):
         msgs = _editor_messages(model, actor, case, target)
-        callbacks = {"color": node.on_color, "depth": node.on_depth, "info": node.on_info, "model": node.on_model}
+        callbacks = {"color": node.on_color, "depth": node.on_depth, "info": node.on_info,
+                     "model": node.on_model}
         for key in case["order"]:
             callbacks[key](msgs[key])
         _editor_check(node)

@@ -66,7 +66,8 @@ def test_graph_writes_no_frames(context, tmp_path):
     try:
         for n in ("landmarks", "fitting", "editor", "capture"):
             g.start(n, ["-p", "diagnostics_period_s:=0.5"],
-                    prefix=["strace", "-f", "-qq", "-y", "-e", f"trace={TRACE}", "-o", str(traces / f"{n}.strace")])
+                    prefix=["strace", "-f", "-qq", "-y", "-e", f"trace={TRACE}", "-o",
+                            str(traces / f"{n}.strace")])
         assert wait_for(lambda: lis.count() >= 3 or not all(g.alive().values()), timeout=150.0), g.tail()
         assert all(g.alive().values()), g.tail()
     finally:

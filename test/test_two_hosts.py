@@ -44,7 +44,8 @@ def test_graph_across_two_network_namespaces(tmp_path):
             g.start("editor", prefix=pair.prefix(1))
             out = tmp_path / "listen.json"
             g.start_command("listen", pair.prefix(1) + [
-                sys.executable, "-m", "facediff_ros.reliability.listen", "--topic", "/avatar/points", "--count", "3",
+                sys.executable, "-m", "facediff_ros.reliability.listen", "--topic", "/avatar/points",
+                "--count", "3",
                 "--timeout", "150", "--json", str(out)])
             listen = g.nodes["listen"].proc
             assert wait_for(lambda: listen.poll() is not None or not all(
@@ -57,8 +58,10 @@ def test_graph_across_two_network_namespaces(tmp_path):
             time.sleep(5.0)
             rate = (pair.bytes_received(1) - b_a) / (time.monotonic() - t_a)
             print(f"A -> B while running: {rate / 1e6:.1f} MB/s = {rate / 30 / 1e3:.0f} kB per 30 Hz frame "
-                  f"(424x240 colour {424 * 240 * 3 / 1e3:.0f} kB + depth {424 * 240 * 2 / 1e3:.0f} kB per copy)")
-            print(f"two namespaces: {report['received']} clouds in ns B, first after {report['first_arrival_s']:.1f} s, "
+                  f"(424x240 colour {424 * 240 * 3 / 1e3:.0f} kB + depth {424 * 240 * 2 / 1e3:.0f} kB "
+                  f"per copy)")
+            print(f"two namespaces: {report['received']} clouds in ns B, first after "
+                  f"{report['first_arrival_s']:.1f} s, "
                   f"{report['bytes'][0] / 1e6:.2f} MB each, latency {report['latency_s']}; veth B received "
                   f"{rx / 1e6:.1f} MB")
             assert report["received"] >= 3 and report["frame_ids"] == ["camera_color_optical_frame"]

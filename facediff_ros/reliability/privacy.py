@@ -24,13 +24,15 @@ THIRD_PARTY = (
     # onnxruntime's telemetry device id and its local event database (in ~/.cache/Microsoft).
     (re.compile(r"(^|/)\.onnxruntime/(deviceid(\.tmp\.[0-9a-f-]+)?|onnxruntime\.db(-journal|-wal|-shm)?)$"),
      "onnxruntime device id / telemetry db (sqlite and its journal files)"),
-    (re.compile(r"(^|/)matplotlib/fontlist-v[0-9.]+\.json(\.matplotlib-lock)?$"), "matplotlib font cache (and its lock)"),
+    (re.compile(r"(^|/)matplotlib/fontlist-v[0-9.]+\.json(\.matplotlib-lock)?$"),
+     "matplotlib font cache (and its lock)"),
     (re.compile(r"(^|/)__pycache__/[^/]+\.pyc(\.[0-9]+)?$"), "Python byte code"),
 )
 # Kernel / IPC paths a process opens for writing that are not files on disk.
 NOT_FILES = re.compile(r"^(/dev/(null|shm/|pts/|tty|urandom)|/proc/|/sys/|pipe:|socket:|anon_inode:)")
 # A single 424x240 RGB frame is 305 kB raw; image and array formats start with these bytes.
-FRAME_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"PK\x03\x04", b"\x93NUMPY", b"ply\n", b"P6\n", b"BM", b"RIFF")
+FRAME_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"PK\x03\x04", b"\x93NUMPY", b"ply\n", b"P6\n", b"BM",
+                    b"RIFF")
 MAX_THIRD_PARTY_BYTES = 64 * 1024
 
 
@@ -53,7 +55,8 @@ def new_files(folders: Iterable[Path]) -> List[Path]:
     return sorted(out)
 
 
-_OPEN = re.compile(r'^(?:\d+\s+)?(?P<call>openat|open|creat|rename|renameat2?|link|linkat|symlink|truncate|mknod)'
+_OPEN = re.compile(r'^(?:\d+\s+)?'
+                   r'(?P<call>openat|open|creat|rename|renameat2?|link|linkat|symlink|truncate|mknod)'
                    r'\((?P<args>.*)\)\s+=\s+(?P<ret>-?\d+)')
 # A path argument, with the directory fd before it when strace -y names one: 3</some/dir>, "name".
 _STR = re.compile(r'(?:\d+<(?P<dir>[^>]*)>,\s*)?"(?P<path>(?:[^"\\]|\\.)*)"')

@@ -3,7 +3,8 @@
     python -m facediff_ros.reliability.soak --duration-s 1200 --json build/soak/soak.json
 
 capture (a recording, looping, played at its recorded 30 Hz) -> landmarks -> fitting -> editor run
-as separate processes, as ``facediff bringup`` starts them (:mod:`facediff_ros.bringup`); every ``--sample-s`` seconds this samples, per node, the resident memory
+as separate processes, as ``facediff bringup`` starts them (:mod:`facediff_ros.bringup`); every
+``--sample-s`` seconds this samples, per node, the resident memory
 (RSS), open file descriptors (/proc/PID/fd) and /dev/shm files mapped or open, and from a
 listener in this process the /avatar/points rate and latency (header stamp, the capture node's
 clock when the frame was read, -> received here; same host). After the run the nodes are stopped
@@ -86,7 +87,8 @@ def judge(samples: List[Dict], warmup_s: float, leftover_segments: List[str], al
         rise = slope * (ts[-1] - ts[0])
     allowed = max(CREEP_MAX_S, 0.5 * _median([p[1] for p in pts]))
     checks["latency"] = {"ok": bool(lat_last) and rise < allowed, "trend_rise_ms": round(1e3 * rise, 1),
-                         "allowed_rise_ms": round(1e3 * allowed, 1), "first_fifth_median_ms": round(1e3 * m1, 1),
+                         "allowed_rise_ms": round(1e3 * allowed, 1),
+                         "first_fifth_median_ms": round(1e3 * m1, 1),
                          "last_fifth_median_ms": round(1e3 * m2, 1), "last_fifth_messages": len(lat_last)}
     checks["shm_after_stop"] = {"ok": not leftover_segments, "left": leftover_segments}
     checks["alive"] = {"ok": alive_all}
@@ -100,7 +102,8 @@ def run(duration_s: float, sample_s: float, warmup_s: float, recording: str, log
     from facediff_ros.bringup.processes import GraphProcesses
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(100, 200)))
     # What `facediff bringup` starts: the four nodes with config/<node>.yaml, on the recording.
-    values = graph.resolve({"source": "recording", "recording": recording, "loop": "true", "realtime": "true"})
+    values = graph.resolve({"source": "recording", "recording": recording, "loop": "true",
+                            "realtime": "true"})
     specs = graph.node_specs(values)
     log_dir.mkdir(parents=True, exist_ok=True)
     g = GraphProcesses(specs, log=log)
@@ -139,7 +142,8 @@ def run(duration_s: float, sample_s: float, warmup_s: float, recording: str, log
                             "cpu_pct": round(100 * (cpu - prev[1]) / (now - prev[0]), 1) if prev else None}
             arrivals = lis.since(now - sample_s)
             count = lis.count()
-            samples.append({"t_s": round(now - t0, 2), "nodes": nodes, "points_hz": round((count - last_count) / sample_s, 2),
+            samples.append({"t_s": round(now - t0, 2), "nodes": nodes,
+                            "points_hz": round((count - last_count) / sample_s, 2),
                             "latencies_s": [round(a[1], 4) for a in arrivals]})
             last_count = count
             lat = [a[1] for a in arrivals]
@@ -147,7 +151,8 @@ def run(duration_s: float, sample_s: float, warmup_s: float, recording: str, log
                 f"{1e3 * _median(lat):.0f} ms; RSS MB " + ", ".join(
                     f"{n} {v['rss_bytes'] / 1e6:.0f}" for n, v in nodes.items()) + "; fds " + ", ".join(
                     f"{n} {v['fds']}" for n, v in nodes.items()))
-        statuses = {name: {"level": int.from_bytes(s.level, "little") if isinstance(s.level, bytes) else int(s.level),
+        statuses = {name: {"level": int.from_bytes(s.level, "little") if isinstance(s.level,
+                                                                                    bytes) else int(s.level),
                            "message": s.message, "values": {k.key: k.value for k in s.values}}
                     for name, s in lis.statuses.items()}
     finally:
@@ -162,10 +167,12 @@ def run(duration_s: float, sample_s: float, warmup_s: float, recording: str, log
     lat_all = [x for s in samples if s["t_s"] >= warmup_s for x in s["latencies_s"]]
     figures = {"duration_s": round(total, 1), "post_warmup_points_hz": round(len(lat_all) / max(
         1e-9, duration_s - warmup_s), 2), "latency_p50_ms": round(1e3 * _median(lat_all), 1),
-        "latency_p95_ms": round(1e3 * sorted(lat_all)[int(0.95 * (len(lat_all) - 1))], 1) if lat_all else None}
+        "latency_p95_ms": round(1e3 * sorted(lat_all)[int(0.95 * (len(lat_all) - 1))],
+                                1) if lat_all else None}
     return {"figures": figures, "verdict": verdict, "stopped": how, "final_diagnostics": statuses,
-            "samples": samples, "params": {"duration_s": duration_s, "sample_s": sample_s, "warmup_s": warmup_s,
-                                            "recording": recording or "embedded sample (30 Hz, looping)"}}
+            "samples": samples,
+            "params": {"duration_s": duration_s, "sample_s": sample_s, "warmup_s": warmup_s,
+                       "recording": recording or "embedded sample (30 Hz, looping)"}}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

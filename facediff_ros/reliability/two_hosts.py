@@ -74,7 +74,8 @@ class VethPair:
             for ns in self.ns:
                 self._check(_ip("ip", "netns", "add", ns))
             # Both ends are created straight inside their namespaces: nothing appears in the root one.
-            self._check(_ip("ip", "link", "add", self.dev[0], "netns", self.ns[0], "type", "veth", "peer", "name",
+            self._check(_ip("ip", "link", "add", self.dev[0], "netns", self.ns[0], "type", "veth", "peer",
+                            "name",
                             self.dev[1], "netns", self.ns[1]))
             for ns, dev, addr in zip(self.ns, self.dev, self.addr):
                 self._check(_ip("ip", "link", "set", "lo", "up", ns=ns))
@@ -135,7 +136,8 @@ def udp_profile(path: Path, peers: Sequence[str], buffer_bytes: int = 16 * 1024 
 
     The same file serves both sides (a participant's own address in the list is harmless).
     """
-    locators = "\n".join(f"              <locator><udpv4><address>{a}</address></udpv4></locator>" for a in peers)
+    pad = " " * 14
+    locators = "\n".join(f"{pad}<locator><udpv4><address>{a}</address></udpv4></locator>" for a in peers)
     path.write_text(f"""<?xml version="1.0" encoding="UTF-8"?>
 <!-- facediff_ros across two hosts: UDPv4 only, unicast discovery through initial peers. -->
 <dds xmlns="http://www.eprosima.com">

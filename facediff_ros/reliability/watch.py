@@ -93,7 +93,7 @@ class NodeProcesses:
         return {n: p.proc is not None and p.proc.poll() is None for n, p in self.nodes.items()}
 
     def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 10.0) -> Optional[int]:
-        """Send ``sig`` to node ``name`` and wait for it; its exit status (None if it outlived ``timeout``)."""
+        """Send ``sig`` to node ``name`` and wait for it; its exit status (None: outlived ``timeout``)."""
         p = self.nodes[name].proc
         if p.poll() is None:
             p.send_signal(sig)
@@ -253,7 +253,8 @@ class Listener:
         with self._lock:
             for s in msg.status:
                 self.statuses[s.name] = s
-                self.status_history.append((t, s.name, s.level, s.message, {k.key: k.value for k in s.values}))
+                self.status_history.append((t, s.name, s.level, s.message,
+                                            {k.key: k.value for k in s.values}))
             del self.status_history[:-5000]
 
     def count(self) -> int:
