@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -34,6 +35,10 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from facediff_ros.bench.process_stats import latency_stats, machine
+
+# As the editor node does (nodes/editor.py): torch's OpenMP threads must not busy-wait on a shared
+# machine (40x slower there). Set before torch is imported (editor_stages imports it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _stage(ms: List[float], cpu_ms: Optional[List[float]] = None) -> Dict[str, object]:

@@ -52,6 +52,7 @@ command that makes the weights. The backend (``auto`` picks the fastest that run
 from __future__ import annotations
 
 import copy
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,6 +79,11 @@ from facediff_ros.msg import ExpressionTarget, FaceModel
 from facediff_ros.nodes import diagnostics as diag
 from facediff_ros.nodes.parameters import QOS_CHOICES, QOS_HELP, NodeParameters, param, qos_profile
 from facediff_ros.nodes.spin import run, stamp_ns
+
+# torch's OpenMP threads busy-wait between parallel regions by default: with the other nodes on a
+# small machine, backend:=torch then took 0.7-0.9 s instead of 16-24 ms per network evaluation
+# (2 threads, 2 cores, load 7). Read when torch loads, which happens later (the backend is lazy).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "torch")  # backends.BACKENDS
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
