@@ -136,7 +136,9 @@ class _CdrWriter:
         self.size += len(data)
 
     def string(self, text: str) -> None:
-        data = text.encode("utf-8") + b"\x00"
+        # rclpy hands strings to C as NUL-terminated: a string holding a NUL ends there (fuzzing found
+        # the difference; received frame ids never hold one, as they arrive through C too).
+        data = text.split("\x00", 1)[0].encode("utf-8") + b"\x00"
         self.put("I", len(data))
         self.parts.append(data)
         self.size += len(data)
