@@ -12,6 +12,9 @@
                         state, PLY mesh and overlay PNG per frame with --out DIR, a report with --json
     facediff edit       re-express the face in an image (+ depth PNG, K.json) with the editor: colour, depth,
                         coloured points and a report into --out DIR
+    facediff personalize  fine-tune the editor on one person's recordings or photos (--minutes N --out DIR);
+                        `facediff personalize --delete DIR` removes such a folder
+    facediff record     record the capture topics (or a camera) into a .db3 for personalize, printing prompts
     facediff export     the editor network -> ONNX (static shapes, parity with torch checked) and, with
                         --tensorrt, a cached TensorRT engine; writes editor.onnx + export.json into --out
     facediff montage    render the docs montage (identities x expressions, colour + depth) to a PNG
@@ -58,7 +61,8 @@ BENCHMARKS = {"renderer": "facediff_ros.bench.renderer_bench", "actor": "facedif
               "stages": "facediff_ros.bench.stages_bench", "graph": "facediff_ros.bench.graph_bench",
               "cloud-ratio": "facediff_ros.bench.capture_cloud_ratio"}
 # ``facediff evaluate <target>`` -> the evaluation module (they make their data from the synthetic actor).
-EVALUATIONS = {"fitting": "facediff_ros.synthetic.fitting_eval",
+EVALUATIONS = {"personalize": "facediff_ros.synthetic.personalize_eval",
+               "fitting": "facediff_ros.synthetic.fitting_eval",
                "editor": "facediff_ros.synthetic.editor_eval",
                "webcam": "facediff_ros.synthetic.webcam_eval"}
 
@@ -138,6 +142,16 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 def _cmd_edit(args: argparse.Namespace) -> int:
     from facediff_ros import edit_command  # imported here: it loads MediaPipe, the model and torch
     return edit_command.run(args)
+
+
+def _cmd_personalize(args: argparse.Namespace) -> int:
+    from facediff_ros import personalize_command  # imported here: MediaPipe, torch
+    return personalize_command.run(args)
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from facediff_ros import record_command  # imported here: pyrealsense2, rclpy for --source topics
+    return record_command.run(args)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -260,6 +274,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     from facediff_ros.edit_command import add_arguments as add_edit_arguments  # numpy/json only at import
     add_edit_arguments(p)
     p.set_defaults(func=_cmd_edit)
+    p = sub.add_parser("personalize", help="fine-tune the editor on one person's recordings/photos within a "
+                                           "time budget (owner-only folder; --delete DIR removes it)")
+    from facediff_ros.personalize_command import add_arguments as add_personalize_arguments
+    add_personalize_arguments(p)
+    p.set_defaults(func=_cmd_personalize)
+    p = sub.add_parser("record", help="record RGB-D frames (capture topics or a camera) into a .db3, with prompts")
+    from facediff_ros.record_command import add_arguments as add_record_arguments
+    add_record_arguments(p)
+    p.set_defaults(func=_cmd_record)
     p = sub.add_parser("export", help="export the editor network to ONNX (and a TensorRT engine)")
     p.add_argument("--weights", required=True, help="weights folder (editor.pt + config.json)")
     p.add_argument("--out", required=True,

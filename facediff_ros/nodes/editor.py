@@ -47,6 +47,9 @@ malformed target) is a counted, rate-limited logged drop, never a crash.
 Start-up: ``weights`` ('' = the shipped ``facediff_ros/data/editor``) must hold ``editor.pt`` +
 ``config.json``; if not, the node exits with status 2 and one line naming the folder and the
 command that makes the weights. The backend (``auto`` picks the fastest that runs here) is logged.
+``weights`` can be switched at run time (``ros2 param set /editor weights DIR``, e.g. a
+``facediff personalize`` folder): the new weights are loaded into a new backend first and swapped in
+only when that works; otherwise the change is rejected with the reason and the old weights stay.
 """
 
 from __future__ import annotations
@@ -122,8 +125,8 @@ class EditorParams:
         "CUDA, onnxruntime-cpu, torch on CPU), tensorrt, onnxruntime-cuda, onnxruntime-cpu, torch",
         choices=BACKEND_CHOICES, read_only=True))
     weights: str = field(default="", metadata=param(
-        "editor weights folder (editor.pt + config.json); empty: the shipped facediff_ros/data/editor",
-        read_only=True))
+        "editor weights folder (editor.pt + config.json, e.g. a facediff personalize folder); empty: the "
+        "shipped facediff_ros/data/editor; switchable at run time (loaded first, rejected if unusable)"))
     use_depth: bool = field(default=True, metadata=param(
         "pair each frame with its aligned depth; false: colour-only (a webcam), the fitted model's "
         "rendered depth stands in for the face's", read_only=True))
@@ -174,17 +177,13 @@ class EditorNode(Node):
     def __init__(self, node_name: str = "editor", **kwargs):
         self._worker = None  # destroy_node copes with a constructor that raised
         super().__init__(node_name, **kwargs)
+        self.avatar = None  # set below; _check_params loads new weights only once there is one
+        self._next_avatar = None  # (weights parameter, AvatarEditor) validated, waiting to be swapped in
         self.params = NodeParameters(self, EditorParams, on_change=self._on_params_changed,
-                                     check=self._check_topics)
+                                     check=self._check_params)
         p = self.params.config
         folder = resolve_weights(p.weights)
-        from facediff_ros.core.editor.export import BackendUnavailable  # torch: after the cheap checks
-        try:
-            self.avatar = AvatarEditor.from_weights(folder, p.backend, config=AvatarConfig(p.steps, p.output))
-        except BackendUnavailable as exc:
-            raise ValueError(f"backend {p.backend!r}: {exc}") from None
-        except (ValueError, OSError, RuntimeError) as exc:
-            raise ValueError(f"cannot load the editor weights in {folder}: {exc}") from None
+        self.avatar = self._load_avatar(p, folder)
         backend = self.avatar.backend
         self.backend_text = f"{backend.describe()}: {backend.why}"
         self.get_logger().info(f"editor backend: {self.backend_text}; weights {folder}")
@@ -236,7 +235,30 @@ class EditorNode(Node):
         topics.check_topics_for_node(topics.camera_topics(p.camera_namespace, p.camera_name).all(),
                                      self.get_name(), self.get_namespace())
 
+    def _load_avatar(self, p: EditorParams, folder: Path) -> AvatarEditor:
+        """An AvatarEditor over the weights in ``folder`` (ValueError with the reason otherwise)."""
+        from facediff_ros.core.editor.export import BackendUnavailable  # torch: after the cheap checks
+        try:
+            return AvatarEditor.from_weights(folder, p.backend, config=AvatarConfig(p.steps, p.output))
+        except BackendUnavailable as exc:
+            raise ValueError(f"backend {p.backend!r}: {exc}") from None
+        except (ValueError, OSError, RuntimeError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot load the editor weights in {folder}: {exc}") from None
+
+    def _check_params(self, p: EditorParams) -> None:
+        self._check_topics(p)
+        # New weights at run time: load them into a new backend now, so a bad folder is rejected
+        # (the parameter keeps its value) and a good one is swapped in by _on_params_changed.
+        if self.avatar is not None and p.weights != self.params.config.weights:
+            self._next_avatar = (p.weights, self._load_avatar(p, resolve_weights(p.weights)))
+
     def _on_params_changed(self, old: EditorParams, new: EditorParams) -> None:
+        if old.weights != new.weights and self._next_avatar is not None and self._next_avatar[0] == new.weights:
+            self.avatar = self._next_avatar[1]  # one assignment: the worker's next frame uses it
+            self._next_avatar = None
+            self.backend_text = f"{self.avatar.backend.describe()}: {self.avatar.backend.why}"
+            self.get_logger().info(f"editor weights switched to {resolve_weights(new.weights)} "
+                                   f"({self.backend_text})")
         if old.sync() != new.sync():
             with self._sync_lock:
                 self.sync.reconfigure(new.sync())
