@@ -182,7 +182,7 @@ def test_override_order_through_rcl(tmp_path, context):
     from facediff_ros.nodes.parameters import NodeParameters
 
     user = tmp_path / "mine.yaml"
-    user.write_text("/**/editor:\n  ros__parameters:\n    expression: sad\n    steps: 2\n"
+    user.write_text("/**/editor:\n  ros__parameters:\n    expression: sad\n    steps: 3\n"
                     "/**/fitting:\n  ros__parameters:\n    steps: 7\n")
     spec = graph.node_specs({"params_file": str(user), "expression": "angry", "intensity": "0.25",
                              "namespace": "robot"})[0]
@@ -195,7 +195,7 @@ def test_override_order_through_rcl(tmp_path, context):
         assert node.get_fully_qualified_name() == "/robot/editor"
         assert config.expression == "angry"      # launch argument over the params file's 'sad'
         assert config.intensity == 0.25
-        assert config.steps == 2                 # params file over config/editor.yaml (4)
+        assert config.steps == 3                 # params file over config/editor.yaml (2)
         assert config.cloud_layout == EditorParams.cloud_layout  # config/editor.yaml = the default
         node.destroy_node()
     finally:

@@ -105,7 +105,7 @@ class EditorParams:
     intensity: float = field(default=1.0, metadata=param(
         "target intensity: 0 = the neutral face, 1 = the full expression", min=0.0, max=1.0))
     steps: int = field(default=AvatarConfig.steps, metadata=param(
-        "network evaluations per edit (the few-step sampler; 4 is what the editor was tuned for)",
+        "network evaluations per edit (the few-step sampler; 2: the best held-out depth, 4 and 8 add CPU)",
         min=1, max=MAX_LIVE_STEPS))
     output: str = field(default=AvatarConfig.output, metadata=param(
         "'frame': the edited face composed into the unchanged camera frame; 'head': the edited "
