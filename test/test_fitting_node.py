@@ -114,6 +114,7 @@ def test_node_fits_and_publishes(context, actor_frames):
             node.on_info(fr["info"])
             node.on_depth(fr["depth"])
             node.on_landmarks(fr["lm"])
+            assert node.wait_idle(60.0)  # one frame at a time: every frame fitted, none stale
         c = node.counters.snapshot()
         assert c.get("models_out", 0) == len(actor_frames), c
         # every 3rd fit (fits 3, 6, ...), and only while face/mesh had a subscriber
@@ -141,6 +142,7 @@ def test_node_bad_input_is_counted_never_raised(context, actor_frames):
         fr = actor_frames[0]
         node.on_depth(fr["depth"])
         node.on_landmarks(fr["lm"])  # no CameraInfo yet
+        assert node.wait_idle(60.0)
         assert node.counters["drop_no_camera_info"] == 1
         node.on_info(fr["info"])
         short = landmarks_adapter.to_msg(landmarks_adapter.from_msg(fr["lm"]), _header(50))
@@ -167,6 +169,86 @@ def test_node_bad_input_is_counted_never_raised(context, actor_frames):
         assert node.counters["drop_size_mismatch"] == 1
     finally:
         node.destroy_node()
+
+
+def test_node_fits_the_newest_frame_without_backlog(context, actor_frames):
+    """Frames arriving while a fit runs: only the newest waits; the older ones are counted
+    ``drop_stale`` and never fitted, so the next fit is of the newest frame (no FIFO backlog)."""
+    import threading
+
+    from facediff_ros.nodes.fitting import FittingNode
+    from facediff_ros.nodes.spin import stamp_ns
+    node = FittingNode(context=context)
+    got = []
+    node.pub.publish = got.append
+    fitted = []  # stamps the tracker was given, in order
+    started, release = threading.Event(), threading.Event()
+    update = node.tracker.update
+
+    def slow_update(*args, **kwargs):
+        fitted.append(current["stamp"])
+        started.set()
+        assert release.wait(60.0)  # the first fit lasts until every later frame has arrived
+        return update(*args, **kwargs)
+
+    current = {}
+    real_process = node._process
+
+    def tracking_process(lm_msg, depth_msg):
+        current["stamp"] = stamp_ns(lm_msg)
+        return real_process(lm_msg, depth_msg)
+
+    node.tracker.update = slow_update
+    node._process = tracking_process
+    frames = actor_frames[:8]
+    try:
+        node.on_info(frames[0]["info"])
+        node.on_depth(frames[0]["depth"])
+        node.on_landmarks(frames[0]["lm"])
+        assert started.wait(60.0)
+        for fr in frames[1:]:  # all while frame 0 is being fitted
+            node.on_info(fr["info"])
+            node.on_depth(fr["depth"])
+            node.on_landmarks(fr["lm"])
+        release.set()
+        assert node.wait_idle(60.0)
+        stamps = [stamp_ns(fr["lm"]) for fr in frames]
+        assert fitted == [stamps[0], stamps[-1]]
+        assert [stamp_ns(m) for m in got] == [stamps[0], stamps[-1]]
+        c = node.counters.snapshot()
+        assert c["frames_in"] == len(frames) and c["drop_stale"] == len(frames) - 2, c
+        assert c["models_out"] == 2
+        values = {kv.key: kv.value for kv in node.diagnostic_status().values}
+        assert values["drop_stale"] == str(len(frames) - 2)
+    finally:
+        release.set()
+        node.destroy_node()
+
+
+def test_node_destroyed_while_fitting_stops_its_worker(context, actor_frames):
+    """destroy_node during a fit: the worker ends (publishes nothing after its publishers are gone)."""
+    import threading
+
+    from facediff_ros.nodes.fitting import FittingNode
+    node = FittingNode(context=context)
+    started, release = threading.Event(), threading.Event()
+    update = node.tracker.update
+
+    def slow_update(*args, **kwargs):
+        started.set()
+        release.wait(60.0)
+        return update(*args, **kwargs)
+
+    node.tracker.update = slow_update
+    fr = actor_frames[0]
+    node.on_info(fr["info"])
+    node.on_depth(fr["depth"])
+    node.on_landmarks(fr["lm"])
+    assert started.wait(60.0)
+    worker = node._worker._thread
+    threading.Timer(0.2, release.set).start()
+    node.destroy_node()
+    assert not worker.is_alive()
 
 
 def test_node_publishes_face_model_over_dds(context, actor_frames):
@@ -206,6 +288,7 @@ def test_node_publishes_face_model_over_dds(context, actor_frames):
             ex.spin_once(timeout_sec=0.01)
             pub_lm.publish(fr["lm"])
             spin_until(ex, lambda: False, time.monotonic() + 0.03)
+            assert node.wait_idle(60.0)  # a loaded machine fits slower than 30 Hz: no stale drops here
         assert spin_until(ex, lambda: len(models) >= len(actor_frames) - 3, time.monotonic() + 10.0), \
             (len(models), node.counters.snapshot())
         assert meshes and meshes[-1].type == Marker.TRIANGLE_LIST

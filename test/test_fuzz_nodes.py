@@ -289,6 +289,7 @@ def test_fitting_callbacks(fitting_node, actor, target):
         callbacks = {"landmarks": node.on_landmarks, "depth": node.on_depth, "info": node.on_info}
         for key in case["order"]:
             callbacks[key](msgs[key])
+        assert node.wait_idle(60.0)  # the fit runs on the node's worker thread
         drops = _check_accounting(node, "frames_in", "landmarks", ("models_out", "lost"))
         assert set(drops) <= FITTING_DROPS, drops
 
@@ -304,6 +305,7 @@ def test_fitting_node_still_fits_after_fuzzing(fitting_node, actor):
         fitting_node.on_info(to_camera_info_msg(f["intr"], h))
         fitting_node.on_depth(to_image_msg(f["depth"], "16UC1", h))
         fitting_node.on_landmarks(landmarks_adapter.to_msg(f["lm"], h))
+        assert fitting_node.wait_idle(60.0)
     assert fitting_node.counters["models_out"] > before, fitting_node.counters.snapshot()
 
 

@@ -9,9 +9,12 @@ Subscribes (names relative to the node's namespace)::
     <camera_namespace>/<camera_name>/color/camera_info                 K of the colour image
 
 Landmarks and depth are paired by stamp (:mod:`facediff_ros.core.sync`); the newest colour
-CameraInfo gives the intrinsics (a driver publishes the same K with every frame). Each frame goes
-through :class:`facediff_ros.core.fitting.tracker.FaceTracker`; this node only pairs, converts
-(:mod:`facediff_ros.adapters`), counts and publishes:
+CameraInfo gives the intrinsics (a driver publishes the same K with every frame). The callbacks
+only pair; a worker thread fits the newest pair (:mod:`facediff_ros.nodes.latest_worker`): a pair
+still waiting when a newer one arrives is dropped and counted ``drop_stale``, so a fit slower than
+the camera works on the newest frame instead of a growing queue (the tracker tracks across the
+skipped frames). Each frame goes through :class:`facediff_ros.core.fitting.tracker.FaceTracker`;
+this node only pairs, converts (:mod:`facediff_ros.adapters`), counts and publishes:
 
 - ``face/model`` (facediff_ros/FaceModel, header copied from the landmarks: the colour frame's
   stamp and optical frame id);
@@ -50,6 +53,7 @@ from facediff_ros.core.face.morphable_model import REGIONS
 from facediff_ros.core.sync import StampSynchronizer, SyncConfig
 from facediff_ros.msg import FaceLandmarks, FaceModel
 from facediff_ros.nodes import diagnostics as diag
+from facediff_ros.nodes.latest_worker import LatestWorker
 from facediff_ros.nodes.parameters import QOS_CHOICES, QOS_HELP, NodeParameters, param, qos_profile
 from facediff_ros.nodes.spin import run, stamp_ns
 
@@ -83,8 +87,9 @@ class FittingParams:
     sync_tolerance_s: float = field(default=SyncConfig.tolerance_s, metadata=param(
         "0: pair landmarks and depth with equal stamps only; > 0: nearest stamps within it",
         min=0.0, max=1.0))
-    sync_queue_size: int = field(default=SyncConfig.queue_size, metadata=param(
-        "messages per input stream waiting for their partner", min=1, max=100))
+    sync_queue_size: int = field(default=10, metadata=param(
+        "messages per input stream waiting for their partner: depth waits for its landmarks, which the "
+        "landmark node delivers some frames later", min=1, max=100))
     diagnostics_period_s: float = field(default=1.0, metadata=param(
         "period of /diagnostics messages", min=0.05, max=60.0, read_only=True))
 
@@ -101,6 +106,7 @@ class FittingNode(Node):
     """Pairs landmarks with depth, runs the face tracker, publishes FaceModel and the mesh."""
 
     def __init__(self, node_name: str = "fitting", **kwargs):
+        self._worker = None  # destroy_node copes with a constructor that raised
         super().__init__(node_name, **kwargs)
         self.params = NodeParameters(self, FittingParams, on_change=self._on_params_changed,
                                      check=self._check_topics)
@@ -131,6 +137,8 @@ class FittingNode(Node):
         self.mesh_pub = self.create_publisher(Marker, topics.FACE_MESH, qout)
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
         self.create_timer(p.diagnostics_period_s, self.publish_diagnostics)
+        self._worker = LatestWorker("fitting_worker", lambda pair: self.process(*pair), self._on_stale,
+                                    self._on_worker_error, self.context.ok)
 
     def _mesh_triangles(self, region: str) -> np.ndarray:
         tris, _, _ = self.tracker.model.triangles((region,))
@@ -157,7 +165,7 @@ class FittingNode(Node):
         self.rate_in.tick()
         self.counters.add("frames_in")
         if not self.params.config.use_depth:
-            self.process(msg, None)
+            self.submit(msg, None)
             return
         self._add("landmarks", msg)
 
@@ -171,7 +179,22 @@ class FittingNode(Node):
             self.drops.add("bad_header", f"{key}: {exc}")
             return
         for m in matched:
-            self.process(m["landmarks"], m["depth"])
+            self.submit(m["landmarks"], m["depth"])
+
+    # ---- the worker ----------------------------------------------------------------------------
+    def submit(self, lm_msg: FaceLandmarks, depth_msg: Optional[Image]) -> None:
+        """Hand a pair to the worker; a pair still waiting is replaced (``drop_stale``)."""
+        self._worker.submit((lm_msg, depth_msg))
+
+    def _on_stale(self, pair) -> None:
+        self.drops.add("stale", "the fitting was still busy; a newer frame replaced this one")
+
+    def _on_worker_error(self, exc: Exception) -> None:
+        self.drops.add("internal_error", f"{type(exc).__name__}: {exc}")
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until no pair waits and none is being fitted, or ``timeout`` s passed (tests, benches)."""
+        return self._worker.wait_idle(timeout)
 
     # ---- one frame -----------------------------------------------------------------------------
     def process(self, lm_msg: FaceLandmarks, depth_msg: Optional[Image]) -> Optional[FitResult]:
@@ -179,6 +202,8 @@ class FittingNode(Node):
         try:
             return self._process(lm_msg, depth_msg)
         except Exception as exc:  # noqa: BLE001 - never let one frame take the node down
+            if not self.context.ok():
+                return None  # Ctrl-C invalidated the context under this fit: not the frame's fault
             self.drops.add("internal_error", f"{type(exc).__name__}: {exc}")
         return None
 
@@ -276,6 +301,12 @@ class FittingNode(Node):
 
     def publish_diagnostics(self) -> None:
         self._diag_pub.publish(diag.array(self.get_clock().now().to_msg(), [self.diagnostic_status()]))
+
+    def destroy_node(self):
+        # The worker first: it must not publish on publishers being destroyed.
+        if getattr(self, "_worker", None) is not None:
+            self._worker.stop()
+        return super().destroy_node()
 
 
 def main(args=None):
