@@ -88,7 +88,9 @@ def test_the_edit_lands_on_the_target_face_by_the_crop_mapping(model, happy):
     color, depth = _smooth_frame()
     fit = _fit(model, np.zeros(model.num_expression, np.float32))
     editor = ConstantEditor()
-    av = AvatarEditor(editor, model)
+    # The plain paste: the crop's colour exactly (the detail paste adds the frame's own fine
+    # detail to it: test_detail_paste.py).
+    av = AvatarEditor(editor, model, AvatarConfig(detail_paste=False))
     out = av.edit_frame(color, depth, K, fit, "happy", 0.6)
     u0, v0, scale, zc = _crop_mapping(model, fit)
     assert out.crop.u0 == pytest.approx(u0, abs=1e-3) and out.crop.scale == pytest.approx(scale, rel=1e-5)
@@ -128,8 +130,8 @@ def test_the_edit_lands_on_the_target_face_by_the_crop_mapping(model, happy):
     far[inside] = ~near[iy[inside], ix[inside]]
     assert np.array_equal(out.color[far], color[far])
     assert not out.mask[far].any() and out.mask[on_target].all()
-    assert editor.calls == [(CATEGORIES.index("happy"), 0.6, 4)]
-    assert set(out.timings) == {"mesh", "crop", "sample", "inputs", "network", "paste", "total"}
+    assert editor.calls == [(CATEGORIES.index("happy"), 0.6, AvatarConfig().steps)]
+    assert set(out.timings) == {"mesh", "crop", "sample", "inputs", "network", "detail", "paste", "total"}
     assert out.timings["total"] >= out.timings["network"] >= 0
 
 

@@ -185,26 +185,28 @@ def print_table(s: Dict) -> None:
     if seq:
         c = seq["config"]
         print(f"sequences ({c['sequences']} x {c['frames']} frames, 640x480, {seq['seconds']:.0f} s):")
-        print(f"  {'method':12s} {'expr acc':>8s} {'dlib src':>8s} {'(max)':>6s} {'id mm':>6s} "
+        print(f"  {'method':22s} {'expr acc':>8s} {'dlib src':>8s} {'(max)':>6s} {'id mm':>6s} "
               f"{'id coef':>7s} {'flick rgb':>9s} {'flick mm':>8s} {'PSNR':>6s} {'depth mm':>8s}")
         for name, m in seq["methods"].items():
             def f(key, fmt):
                 return format(m[key], fmt) if m.get(key) is not None else "n/a"
-            print(f"  {name:12s} {f('expression_accuracy', '8.2f')} {f('dlib_source', '8.3f')} "
+            print(f"  {name:22s} {f('expression_accuracy', '8.2f')} {f('dlib_source', '8.3f')} "
                   f"{f('dlib_source_max', '6.3f')} {f('identity_mm', '6.2f')} {f('identity_coef', '7.2f')} "
                   f"{f('flicker_rgb', '9.2f')} {f('flicker_depth_mm', '8.2f')} {f('psnr_db', '6.2f')} "
                   f"{f('depth_rmse_mm', '8.2f')}")
-    real = s.get("photos")
-    if real:
+    for key in [k for k in s if k.startswith("photos")]:
+        real = s[key]
+        paste = "detail" if real.get("detail_paste") else "plain"
         for name, row in real["photos"].items():
             if "error" in row:
                 print(f"photo {name}: {row['error']}")
                 continue
             cats = ", ".join(f"{c} {v['dlib_source']:.2f}" if v["dlib_source"] is not None else f"{c} n/a"
                              for c, v in row["categories"].items())
-            print(f"photo {name} (colour-only), dlib source <-> edit: {cats}")
+            print(f"photo {name} (colour-only, {paste} paste), dlib source <-> edit: {cats}")
         if real["dlib_source_mean"] is not None:
-            print(f"photos: mean dlib distance source <-> edit {real['dlib_source_mean']:.3f}")
+            print(f"photos ({paste} paste): mean dlib distance source <-> edit "
+                  f"{real['dlib_source_mean']:.3f}")
 
 
 def main(argv=None) -> int:
@@ -221,6 +223,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sequence-seed", type=int, default=500, help="first actor seed of the sequences")
     ap.add_argument("--sequence-steps", type=int, default=4, help="editor steps in the sequences and photos")
     ap.add_argument("--no-photos", action="store_true", help="skip the real-photo part")
+    ap.add_argument("--compare-paste", action="store_true",
+                    help="also score the sequences and photos with the other colour paste than the "
+                         "default (AvatarConfig.detail_paste), in the same run")
     ap.add_argument("--json", type=Path, default=None, help="write the summary here")
     ap.add_argument("--figure", type=Path, default=None, help="write a PNG grid of the crops here")
     ap.add_argument("--real-figure", type=Path, default=None,
@@ -238,7 +243,7 @@ def main(argv=None) -> int:
             from facediff_ros.synthetic.editor_sequences import SequenceConfig, evaluate_sequences
             s["sequences"] = evaluate_sequences(weights, SequenceConfig(
                 sequences=args.sequences, frames=args.frames, seed=args.sequence_seed,
-                steps=args.sequence_steps), log=log)
+                steps=args.sequence_steps, compare_paste=args.compare_paste), log=log)
         if weights and not args.no_photos:
             from facediff_ros.synthetic import editor_real
             s["photos"] = editor_real.evaluate_photos(weights, steps=args.sequence_steps,
@@ -246,6 +251,11 @@ def main(argv=None) -> int:
             if args.real_figure:
                 editor_real.figure(s["photos"], args.real_figure)
                 s["photos"].pop("_images")
+            if args.compare_paste:
+                from facediff_ros.core.editor.avatar import AvatarConfig
+                other = not AvatarConfig().detail_paste
+                s["photos_" + ("detail" if other else "plain") + "_paste"] = editor_real.evaluate_photos(
+                    weights, steps=args.sequence_steps, detail_paste=other)
     except ValueError as exc:
         print(f"editor_eval: {exc}", file=sys.stderr)
         return 2

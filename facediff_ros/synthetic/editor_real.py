@@ -27,10 +27,11 @@ def shipped_photos() -> List[Path]:
 
 
 def evaluate_photos(weights: str, photos: Optional[Sequence[Path]] = None, intensity: float = 1.0,
-                    steps: int = 4, keep_images: bool = False) -> Dict:
+                    steps: int = 4, keep_images: bool = False, detail_paste: Optional[bool] = None) -> Dict:
     """Edit every photo to every category; returns {'photos': {name: {'fit', 'categories':
     {category: {'dlib_source', 'read_as'}}}}, 'dlib_source_mean'} (plus '_images' with
-    ``keep_images``: per photo the source and the edits, uint8 RGB)."""
+    ``keep_images``: per photo the source and the edits, uint8 RGB). ``detail_paste``: the
+    colour paste (:class:`AvatarConfig`; None: its default)."""
     from facediff_ros.core.camera import Intrinsics
     from facediff_ros.core.editor.avatar import AvatarConfig, AvatarEditor
     from facediff_ros.fitting_command import DEFAULT_HFOV_DEG, Fitter, Frame, read_color
@@ -38,11 +39,12 @@ def evaluate_photos(weights: str, photos: Optional[Sequence[Path]] = None, inten
     from facediff_ros.judges.identity import IdentityJudge
 
     photos = list(photos) if photos is not None else shipped_photos()
-    avatar = AvatarEditor.from_weights(weights, "torch", config=AvatarConfig(steps=steps))
+    paste = AvatarConfig().detail_paste if detail_paste is None else bool(detail_paste)
+    avatar = AvatarEditor.from_weights(weights, "torch", config=AvatarConfig(steps=steps, detail_paste=paste))
     idj = IdentityJudge()
     exj = ExpressionJudge()
     fitter = Fitter(single_image=True)
-    out: Dict = {"intensity": intensity, "steps": steps, "photos": {}}
+    out: Dict = {"intensity": intensity, "steps": steps, "detail_paste": paste, "photos": {}}
     images = {}
     dists = []
     try:

@@ -64,6 +64,10 @@ class SequenceConfig:
     steps: int = 4            # editor network evaluations
     texture_size: int = 256   # the face is ~130 px wide at 0.62 m: a 256 texture is already finer
     targets: Optional[Tuple[str, ...]] = None  # target categories to cycle through (None: all seven)
+    # Also score the editor and the model-only baseline with the other colour paste than
+    # AvatarConfig's default (methods ``editor_<mode>_paste`` / ``model_only_<mode>_paste``, mode
+    # 'plain' or 'detail'), on the same frames: the paste's before/after in one run.
+    compare_paste: bool = False
 
     def __post_init__(self):
         for name in ("sequences", "frames", "steps", "texture_size"):
@@ -157,9 +161,15 @@ def evaluate_sequences(weights: Optional[str], config: SequenceConfig = Sequence
         crop, size = CropConfig(), CropConfig().size_px
     editors["model_only"] = AvatarEditor(ModelOnlyEditor(size), model, AvatarConfig(steps=config.steps), crop)
     model = editors["model_only"].model
+    if config.compare_paste:
+        other = not AvatarConfig().detail_paste
+        tag = "detail" if other else "plain"
+        for name in [m for m in ("editor", "model_only") if m in editors]:
+            editors[f"{name}_{tag}_paste"] = AvatarEditor(
+                editors[name].editor, model, AvatarConfig(steps=config.steps, detail_paste=other), crop)
     idj = IdentityJudge()
     exj = ExpressionJudge()
-    methods = [m for m in METHODS if m != "editor" or weights]
+    methods = [m for m in METHODS if m != "editor" or weights] + [m for m in editors if m.endswith("_paste")]
     rows: Dict[str, Dict[str, list]] = {m: {} for m in methods}
 
     def add(m, key, value):

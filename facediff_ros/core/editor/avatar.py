@@ -11,14 +11,19 @@ it). Stages, each timed (``AvatarFrame.timings``, milliseconds):
 4. ``inputs``: source RGB-D and target buffers
    (:func:`~facediff_ros.core.editor.inputs.network_inputs`, the function the training pairs use);
 5. ``network``: the few-step sampler over any backend (``editor.edit``);
-6. ``paste``: the edited colour composed back into the frame and the edited depth written into it.
+6. ``detail`` (``AvatarConfig.detail_paste``): the model-only warp at the image's resolution,
+   sampled from the frame (:func:`~facediff_ros.core.editor.detail_paste.image_warp`);
+7. ``paste``: the edited colour composed back into the frame and the edited depth written into it.
 
 What is written where (crop masks, then mapped to the image by the crop's inverse mapping):
 
 - colour: over the union of the source and target face renders, grown by one crop pixel (so the
   network also repaints the silhouette's mixed pixels and the background a shrinking face
   uncovers), blended with the crop's bilinear alpha (a soft edge ~1 crop pixel wide); every
-  other pixel keeps its exact input value;
+  other pixel keeps its exact input value. With ``detail_paste`` (default) the colour pasted is
+  the person's own warped pixels at the image's resolution plus the network's 64 px
+  correction (and the network's colour alone where the warp has none: mouth interior,
+  disocclusions); without it, the network's 64 px colour upsampled (blurred at the face);
 - depth: on the target face, the network's depth (where it is inside the normalised range); on
   the rest of the source face (what the new expression no longer covers, e.g. a jaw that closed)
   no depth, since what lies behind it was never measured; elsewhere the input depth unchanged.
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Union
 
@@ -44,6 +49,7 @@ import numpy as np
 
 from facediff_ros.core.camera import Intrinsics
 from facediff_ros.core.editor.crop import CropConfig, FaceCrop
+from facediff_ros.core.editor.detail_paste import detail_compose, footprint, image_warp
 from facediff_ros.core.editor.inputs import editor_triangles, face_crop, network_inputs
 from facediff_ros.core.face import expressions
 from facediff_ros.core.face.morphable_model import MorphableModel
@@ -63,6 +69,13 @@ class AvatarConfig:
     steps: int = 2
     output: str = "frame"   # 'frame': the edited face in the unchanged frame; 'head': the edited region only
     seed: int = 0           # the editor's fixed starting noise (the same every frame: no shimmer)
+    # True: the colour is pasted with the person's own full-resolution detail plus the network's
+    # 64 px correction (core/editor/detail_paste.py); False: the network's 64 px colour upsampled.
+    detail_paste: bool = True
+    # Low-pass (crop pixels, Gaussian sigma) of the network's colour correction in the detail
+    # paste: the network's output is softer than its warped input at its own scale, so its full
+    # correction would cancel the person's detail near the 64 px Nyquist; 0 takes it unfiltered.
+    detail_sigma: float = 1.0
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or int(self.steps) != self.steps or \
@@ -70,6 +83,11 @@ class AvatarConfig:
             raise ValueError(f"steps must be an integer in [1, {MAX_LIVE_STEPS}], got {self.steps!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {list(OUTPUTS)}, got {self.output!r}")
+        if not isinstance(self.detail_paste, (bool, np.bool_)):
+            raise ValueError(f"detail_paste must be a bool, got {self.detail_paste!r}")
+        if isinstance(self.detail_sigma, bool) or not isinstance(self.detail_sigma, (int, float)) or \
+                not np.isfinite(self.detail_sigma) or not 0 <= self.detail_sigma <= 8:
+            raise ValueError(f"detail_sigma must be in [0, 8] crop pixels, got {self.detail_sigma!r}")
 
 
 @dataclass
@@ -223,8 +241,8 @@ class AvatarEditor:
         """
         t0 = time.perf_counter()
         times: Dict[str, float] = {}
-        cfg = AvatarConfig(steps=self.config.steps if steps is None else steps,
-                           output=self.config.output if output is None else output, seed=self.config.seed)
+        cfg = replace(self.config, steps=self.config.steps if steps is None else steps,
+                      output=self.config.output if output is None else output)
         cat, inten = check_target(category, intensity)
         if not isinstance(intrinsics, Intrinsics):
             raise ValueError(f"intrinsics must be an Intrinsics, got {type(intrinsics).__name__}")
@@ -278,11 +296,18 @@ class AvatarEditor:
         t5 = time.perf_counter()
         times["network"] = t5 - t4
 
-        frame = self._compose(img, base_depth, crop, out, inputs.warp.mask, inputs.source_render.mask,
-                              cfg.output)
+        detail = None
+        if cfg.detail_paste:
+            # The same warp at the image's resolution over the crop's footprint (module detail_paste).
+            warp_rgb, warp_valid = image_warp(img, crop, inputs.warp)  # (h, w, 3) 0..255, (h, w)
+            detail = (warp_rgb, warp_valid, cfg.detail_sigma)
         t6 = time.perf_counter()
-        times["paste"] = t6 - t5
-        times["total"] = t6 - t0
+        times["detail"] = t6 - t5
+        frame = self._compose(img, base_depth, crop, out, inputs.warp.mask, inputs.source_render.mask,
+                              cfg.output, detail)
+        t7 = time.perf_counter()
+        times["paste"] = t7 - t6
+        times["total"] = t7 - t0
         color_out, depth_out, mask = frame
         return AvatarFrame(color=color_out, depth_m=depth_out, mask=mask, crop=crop,
                            category=expressions.CATEGORIES[cat], intensity=inten,
@@ -291,17 +316,35 @@ class AvatarEditor:
 
     @staticmethod
     def _compose(img: np.ndarray, base_depth: Optional[np.ndarray], crop: FaceCrop, out: np.ndarray,
-                 target_mask: np.ndarray, source_mask: np.ndarray, output: str):
-        """(colour (H, W, 3) uint8, depth (H, W) float32 m with NaN, changed mask (H, W) bool)."""
+                 target_mask: np.ndarray, source_mask: np.ndarray, output: str, detail=None):
+        """(colour (H, W, 3) uint8, depth (H, W) float32 m with NaN, changed mask (H, W) bool).
+
+        ``detail``: None (the network's colour upsampled by the paste), or (the warped colour over
+        the crop's footprint (h, w, 3) 0..255, its validity (h, w) bool, the correction's low-pass
+        sigma in crop pixels) for :func:`~facediff_ros.core.editor.detail_paste.detail_compose`.
+        """
         rgb = np.clip((np.moveaxis(out[:3], 0, -1) + 1.0) * 127.5, 0.0, 255.0)  # (S, S, 3) 0..255
         n = np.clip(out[3], -1.0, 1.0)
         # +-1 is "at or beyond the range" (the background is clipped there): no surface to write.
         face_z = np.where(target_mask & (np.abs(n) < 1.0), crop.denormalise_depth(n), 0.0)  # (S, S) m
         face = target_mask | source_mask  # (S, S): where the fitted face was or will be
         region = cv2.dilate(face.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
-        color = crop.paste(img, rgb, region)
         H, W = img.shape[:2]
         alpha = crop.paste(np.zeros((H, W), np.float32), region, region)  # (H, W): the blend's alpha
+        if detail is None:
+            color = crop.paste(img, rgb, region)
+        else:
+            # The same blend as crop.paste, of the detailed colour at the image's own pixels.
+            warp_rgb, warp_valid, sigma = detail
+            x0, x1, y0, y1 = footprint(crop)
+            color = img.copy()
+            if x1 > x0 and y1 > y0:
+                full = np.clip(detail_compose(crop, warp_rgb, warp_valid, rgb, sigma), 0.0, 255.0)
+                a = alpha[y0:y1, x0:x1]
+                sel = a > 0
+                old = img[y0:y1, x0:x1][sel].astype(np.float32)
+                blended = old + a[sel][:, None] * (full[sel] - old)
+                color[y0:y1, x0:x1][sel] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
         changed = alpha > 0
         depth = np.full((H, W), np.nan, np.float32) if base_depth is None else base_depth
         # paste_depth writes face_z where the face was or is; 0 there (the uncovered part) is a hole.
