@@ -156,6 +156,7 @@ def _fuzz_landmarks(node, actor, case, stamps_):
                  "depth_info": node.on_depth_info}
     for key in case["order"]:
         callbacks[key](msgs[key])
+    assert node.wait_idle(60.0)  # the set is processed on the node's worker thread
     # bad_camera_info is a frame's drop here (the pipeline checks the paired CameraInfo).
     drops = _check_accounting(node, "frames_in", "color", ("faces_out", "no_face"),
                               pre_sync=("no_camera_info",),
@@ -189,6 +190,7 @@ def test_landmarks_node_still_finds_the_face_after_fuzzing(landmarks_node, actor
         landmarks_node.on_depth_info(to_camera_info_msg(f["intr"], h))
         landmarks_node.on_depth(to_image_msg(f["depth"], "16UC1", h))
         landmarks_node.on_color(to_image_msg(f["color"], "rgb8", h))
+        assert landmarks_node.wait_idle(60.0)
     assert landmarks_node.counters["faces_out"] > before, landmarks_node.counters.snapshot()
 
 

@@ -34,6 +34,7 @@ def _feed(node, color, depth, info):
     node.on_info(info)
     node.on_depth(depth)
     node.on_color(color)
+    assert node.wait_idle(60.0)  # the set is processed on the node's worker thread
 
 
 # ---- landmarks node -----------------------------------------------------------------------------

@@ -412,6 +412,7 @@ def test_landmarks_node_use_depth_false_subscribes_colour_only_and_publishes_uv(
             h.stamp.sec = 10 + i
             node.on_info(to_camera_info_msg(f.intrinsics, h))
             node.on_color(to_image_msg(f.color, "rgb8", h))
+            assert node.wait_idle(60.0)  # one frame at a time: none replaced as stale
         assert len(published) == 3, node.counters.snapshot()
         msg = deserialize_message(published[-1], FaceLandmarks)
         assert msg.header.stamp.sec == 12 and msg.header.frame_id == "camera_color_optical_frame"

@@ -15,6 +15,10 @@ depth CameraInfo only has its size checked against the depth image (aligned dept
 colour geometry, and lifting uses the colour CameraInfo's K). ``use_depth:=false`` (a webcam,
 colour only): only colour and colour CameraInfo are subscribed and paired, and every published
 landmark has its ``u``/``v`` with ``points`` NaN and ``valid`` false (no lifting).
+The callbacks only pair; a worker thread processes the newest set
+(:mod:`facediff_ros.nodes.latest_worker`): a set still waiting when a newer one is paired is
+dropped and counted ``drop_stale``, so on a machine too slow for every frame the landmarks are of
+the newest frame, not of a queue (MediaPipe tracks across the skipped frames).
 Each set goes through the landmark pipeline (:mod:`facediff_ros.core.landmarks.pipeline`: decode
 and validate, face mesh, lifting); this node only pairs, converts messages
 (:mod:`facediff_ros.adapters`), counts and publishes.
@@ -50,6 +54,7 @@ from facediff_ros.core.landmarks.pipeline import (FrameDropped, FrameResult, Lan
 from facediff_ros.core.sync import StampSynchronizer, SyncConfig
 from facediff_ros.msg import FaceLandmarks
 from facediff_ros.nodes import diagnostics as diag
+from facediff_ros.nodes.latest_worker import LatestWorker
 from facediff_ros.nodes.parameters import QOS_CHOICES, QOS_HELP, NodeParameters, param, qos_profile
 from facediff_ros.nodes.spin import run, stamp_ns
 
@@ -153,6 +158,7 @@ class LandmarksNode(Node):
     """Pairs colour/depth/CameraInfo, runs the landmark pipeline on each set, publishes the face."""
 
     def __init__(self, node_name: str = "landmarks", **kwargs):
+        self._worker = None  # destroy_node copes with a constructor that raised
         super().__init__(node_name, **kwargs)
         self.params = NodeParameters(self, LandmarksParams, on_change=self._on_params_changed,
                                      check=self._check_topics)
@@ -183,6 +189,9 @@ class LandmarksNode(Node):
         self.debug_pub = self.create_publisher(Image, topics.FACE_LANDMARKS_DEBUG, qout)
         self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
         self.create_timer(p.diagnostics_period_s, self.publish_diagnostics)
+        self._worker = LatestWorker("landmarks_worker", lambda m: self.process(m["color"], m.get("depth"),
+                                                                               m["info"]),
+                                    self._on_stale, self._on_worker_error, self.context.ok)
 
     def _check_topics(self, p: LandmarksParams) -> None:
         """Reject names whose full topics would be invalid for this node (e.g. too long)."""
@@ -229,7 +238,17 @@ class LandmarksNode(Node):
             self.drops.add("bad_header", f"{key}: {exc}")
             return
         for m in matched:
-            self.process(m["color"], m.get("depth"), m["info"])
+            self._worker.submit(m)
+
+    def _on_stale(self, matched) -> None:
+        self.drops.add("stale", "the landmark pipeline was still busy; a newer frame replaced this one")
+
+    def _on_worker_error(self, exc: Exception) -> None:
+        self.drops.add("internal_error", f"{type(exc).__name__}: {exc}")
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until no set waits and none is being processed, or ``timeout`` s passed (tests, benches)."""
+        return self._worker.wait_idle(timeout)
 
     # ---- one frame -----------------------------------------------------------------------------
     def process(self, color_msg: Image, depth_msg: Optional[Image], info_msg: CameraInfo
@@ -241,6 +260,8 @@ class LandmarksNode(Node):
         except FrameDropped as exc:
             self.drops.add(exc.reason, str(exc))
         except Exception as exc:  # noqa: BLE001 - never let one frame take the node down
+            if not self.context.ok():
+                return None  # Ctrl-C invalidated the context under this frame: not the frame's fault
             self.drops.add("internal_error", f"{type(exc).__name__}: {exc}")
         return None
 
@@ -299,7 +320,10 @@ class LandmarksNode(Node):
 
     def destroy_node(self):
         # Also called on a node whose constructor raised (rclpy.shutdown destroys every node
-        # the context tracks): the pipeline may not exist yet.
+        # the context tracks): the pipeline may not exist yet. The worker first: it uses the
+        # pipeline and the publishers.
+        if getattr(self, "_worker", None) is not None:
+            self._worker.stop()
         if getattr(self, "pipeline", None) is not None:
             self.pipeline.close()
         return super().destroy_node()
