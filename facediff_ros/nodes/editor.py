@@ -380,6 +380,8 @@ class EditorNode(Node):
             return self._process(matched)
         except Exception as exc:  # noqa: BLE001 - never let one frame take the node down
             self.drops.add("internal_error", f"{type(exc).__name__}: {exc}")
+            if not self.context.ok():
+                return False  # Ctrl-C invalidated the context under this edit: not the frame's fault
         return False
 
     def _model_state(self, msg: FaceModel):
