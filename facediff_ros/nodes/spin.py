@@ -13,6 +13,7 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
 from facediff_ros.adapters.dds import clean_stale_shm, configure_environment
+from facediff_ros.blas_threads import limit_blas_threads
 
 # Exit status of a node that refused its start-up parameters (argparse's "usage error").
 EXIT_BAD_PARAMETERS = 2
@@ -22,7 +23,9 @@ def run(node_factory: Callable[[], Node], args: Optional[List[str]] = None) -> N
     """Set up DDS (before rclpy.init), spin the node until Ctrl-C or shutdown, clean up.
 
     Before DDS starts, shared-memory segments left in /dev/shm by crashed participants are
-    removed (:func:`facediff_ros.adapters.dds.clean_stale_shm`). A node that refuses its start-up
+    removed (:func:`facediff_ros.adapters.dds.clean_stale_shm`). numpy's OpenBLAS gets one thread
+    unless OPENBLAS_NUM_THREADS / OMP_NUM_THREADS say otherwise (:mod:`facediff_ros.blas_threads`:
+    the nodes share the cores, and their matrices are small). A node that refuses its start-up
     parameters (ValueError, or rclpy's ParameterException for a value of the wrong type) ends the
     process with its reason on one stderr line and exit status :data:`EXIT_BAD_PARAMETERS`, no
     traceback: the reason is all the user needs, and it is the exception's message.
@@ -30,6 +33,7 @@ def run(node_factory: Callable[[], Node], args: Optional[List[str]] = None) -> N
     :raises SystemExit: with :data:`EXIT_BAD_PARAMETERS` when the node could not be built.
     """
     configure_environment()
+    limit_blas_threads(1)
     cleaned = clean_stale_shm()
     rclpy.init(args=args)
     if cleaned.removed:
