@@ -149,3 +149,38 @@ def test_landmarks_arrays_refuse_inconsistent_shapes_and_values():
 def test_the_message_and_the_core_agree_on_the_number_of_landmarks():
     from facediff_ros.core.landmarks.face_mesh import NUM_LANDMARKS
     assert FaceLandmarks.NUM_LANDMARKS == NUM_LANDMARKS == N
+
+
+# ---- deserialize: the fitting node's numpy reader of the CDR bytes --------------------------------
+@pytest.mark.parametrize("frame_id", ["", "a", "ab", "abc", "abcd", "camera_color_optical_frame", "kamera_é"])
+def test_deserialize_reads_rclpys_bytes_as_from_msg_does(frame_id):
+    """Bytes written by rclpy itself (not by serialize()): header and arrays as from_msg reads the
+    message rclpy deserialises; every string length shifts the alignment of what follows."""
+    lm = _landmarks(4, invalid=7)
+    ref_msg = _reference_msg(lm, _header(frame_id, sec=-5, nanosec=999_999_999))
+    got = adapter.deserialize(serialize_message(ref_msg))
+    assert got.header.frame_id == frame_id
+    assert (got.header.stamp.sec, got.header.stamp.nanosec) == (-5, 999_999_999)
+    _assert_same_landmarks(got.landmarks, adapter.from_msg(deserialize_message(serialize_message(ref_msg),
+                                                                               FaceLandmarks)))
+    assert got.landmarks.bbox == (12, 34, 200, 180)  # (x, y, width, height) as from_msg
+    got.landmarks.points[0] = 1.0  # arrays of its own, not views of the received bytes
+
+
+def test_deserialize_refuses_truncated_foreign_and_wrong_length_bytes():
+    data = adapter.serialize(_landmarks(5), _header())
+    for cut in (0, 3, 4, 20, len(data) // 2, len(data) - 1):
+        with pytest.raises(ValueError, match="FaceLandmarks"):
+            adapter.deserialize(data[:cut])
+    with pytest.raises(ValueError, match="little-endian"):
+        adapter.deserialize(b"\x00\x00\x00\x00" + data[4:])  # big-endian encapsulation
+    short = adapter.to_msg(_landmarks(5), _header())
+    short.valid = short.valid[:-2]
+    with pytest.raises(ValueError, match=r"478 entries.*'valid': 476"):
+        adapter.deserialize(serialize_message(short))
+    huge = bytearray(data)
+    at = 4 + 48  # u's count: stamp 8, frame id 4 + 27 (padded to 32), width and height 8
+    assert int.from_bytes(huge[at:at + 4], "little") == N
+    huge[at:at + 4] = (10 ** 9).to_bytes(4, "little")
+    with pytest.raises(ValueError, match="FaceLandmarks"):
+        adapter.deserialize(bytes(huge))

@@ -171,6 +171,34 @@ def test_node_bad_input_is_counted_never_raised(context, actor_frames):
         node.destroy_node()
 
 
+def test_node_takes_serialized_landmarks_as_the_message(context, actor_frames):
+    """The raw subscription's bytes (read with numpy) fit exactly as the message object does;
+    bytes that are no FaceLandmarks are a counted drop."""
+    from rclpy.serialization import serialize_message
+
+    from facediff_ros.nodes.fitting import FittingNode
+    nodes = [FittingNode(context=context, node_name=f"fitting_{k}") for k in ("bytes", "object")]
+    got = {0: [], 1: []}
+    for k, node in enumerate(nodes):
+        node.pub.publish = got[k].append
+    try:
+        for fr in actor_frames[:6]:
+            for k, node in enumerate(nodes):
+                node.on_info(fr["info"])
+                node.on_depth(fr["depth"])
+                node.on_landmarks(serialize_message(fr["lm"]) if k == 0 else fr["lm"])
+                assert node.wait_idle(60.0)
+        assert len(got[0]) == len(got[1]) == 6
+        for a, b in zip(got[0], got[1]):
+            assert a == b  # every field (rclpy compares messages field by field)
+        nodes[0].on_landmarks(b"\x00\x01\x00\x00" + b"\x07" * 10)
+        assert nodes[0].wait_idle(60.0)
+        assert nodes[0].counters["drop_bad_landmarks"] == 1 and nodes[0].counters["models_out"] == 6
+    finally:
+        for node in nodes:
+            node.destroy_node()
+
+
 def test_node_fits_the_newest_frame_without_backlog(context, actor_frames):
     """Frames arriving while a fit runs: only the newest waits; the older ones are counted
     ``drop_stale`` and never fitted, so the next fit is of the newest frame (no FIFO backlog)."""

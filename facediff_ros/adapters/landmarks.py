@@ -178,3 +178,87 @@ def serialize(lm: Landmarks, header: Header) -> bytes:
     w.put("IIII", x, y, bh, bw)  # RegionOfInterest: x_offset, y_offset, height, width
     w.put("?", False)            # do_rectify
     return w.bytes()
+
+
+class ReceivedLandmarks:
+    """A FaceLandmarks read from its CDR bytes by :func:`deserialize`: its ``header`` and arrays.
+
+    The fitting node subscribes raw and reads the bytes with numpy: rclpy's own deserialisation
+    builds 478 ``geometry_msgs/Point`` objects (1.2 ms per message measured on the loaded 2-core
+    machine, plus 0.26 ms in :func:`from_msg`; ~0.05 ms this way), 30 times a second.
+    """
+
+    __slots__ = ("header", "landmarks")
+
+    def __init__(self, header: Header, landmarks: Landmarks):
+        self.header = header
+        self.landmarks = landmarks
+
+
+class _CdrReader:
+    def __init__(self, data: bytes):
+        if len(data) < 4 or data[:4] != _CDR_LE_HEADER:
+            raise ValueError("FaceLandmarks: not little-endian CDR (encapsulation "
+                             f"{bytes(data[:4]).hex() or 'missing'})")
+        self.buf = memoryview(data)[4:]
+        self.pos = 0
+
+    def _align(self, n: int) -> None:
+        self.pos += -self.pos % n
+
+    def _take(self, size: int) -> memoryview:
+        if size < 0 or self.pos + size > len(self.buf):
+            raise ValueError(f"FaceLandmarks: truncated ({len(self.buf) + 4} bytes)")
+        out = self.buf[self.pos:self.pos + size]
+        self.pos += size
+        return out
+
+    def get(self, fmt: str):
+        self._align(struct.calcsize("<" + fmt[0]))
+        return struct.unpack("<" + fmt, self._take(struct.calcsize("<" + fmt)))
+
+    def string(self) -> str:
+        (n,) = self.get("I")
+        raw = bytes(self._take(n))
+        if n == 0 or raw[-1:] != b"\x00":
+            raise ValueError("FaceLandmarks: a string without its terminating NUL")
+        return raw[:-1].decode("utf-8", errors="replace")
+
+    def sequence(self, dtype: str, width: int, align: int) -> np.ndarray:
+        (n,) = self.get("I")
+        if n:
+            self._align(align)
+        size = np.dtype(dtype).itemsize * width
+        if n > (len(self.buf) - self.pos) // max(size, 1):
+            raise ValueError(f"FaceLandmarks: a sequence of {n} elements in {len(self.buf) + 4} bytes")
+        return np.frombuffer(self._take(n * size), dtype).reshape(n, width) if width > 1 else \
+            np.frombuffer(self._take(n * size), dtype)
+
+
+def deserialize(data: bytes) -> ReceivedLandmarks:
+    """A serialized FaceLandmarks (CDR, little-endian, as :func:`serialize` and rmw_fastrtps write it)
+    as its header and arrays, the inverse of :func:`serialize`.
+
+    :raises ValueError: bytes that are not such a message (big-endian, truncated, lengths other than
+        NUM_LANDMARKS, like :func:`from_msg`); callers may fall back to rclpy's deserialisation.
+    """
+    r = _CdrReader(data)
+    header = Header()
+    header.stamp.sec, header.stamp.nanosec = r.get("iI")
+    header.frame_id = r.string()
+    width, height = r.get("II")
+    u = r.sequence("<f4", 1, 4)
+    v = r.sequence("<f4", 1, 4)
+    points = r.sequence("<f8", 3, 8)
+    valid = r.sequence("u1", 1, 1)
+    (presence,) = r.get("f")
+    x, y, bh, bw = r.get("IIII")  # RegionOfInterest: x_offset, y_offset, height, width
+    r.get("B")                    # do_rectify: read so that a message cut short is refused
+    n = FaceLandmarks.NUM_LANDMARKS
+    lengths = {"u": len(u), "v": len(v), "points": len(points), "valid": len(valid)}
+    if any(k != n for k in lengths.values()):
+        raise ValueError(f"FaceLandmarks: expected {n} entries in u, v, points and valid, got {lengths}")
+    uv = np.stack([u, v], axis=1).astype(np.float32)
+    lm = Landmarks(uv=uv, points=points.astype(np.float64), valid=valid != 0, presence=presence,
+                   bbox=(x, y, bw, bh), image_width=width, image_height=height)
+    return ReceivedLandmarks(header, lm)

@@ -41,6 +41,7 @@ from typing import Optional
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker
 
@@ -128,7 +129,8 @@ class FittingNode(Node):
 
         cam = topics.camera_topics(p.camera_namespace, p.camera_name)
         qin = qos_profile(p.input_qos)
-        self.create_subscription(FaceLandmarks, topics.FACE_LANDMARKS, self.on_landmarks, qin)
+        # Raw: the CDR bytes are read with numpy (landmarks_adapter.deserialize), not into 478 Points.
+        self.create_subscription(FaceLandmarks, topics.FACE_LANDMARKS, self.on_landmarks, qin, raw=True)
         if p.use_depth:
             self.create_subscription(Image, cam.depth, self.on_depth, qin)
         self.create_subscription(CameraInfo, cam.color_info, self.on_info, qin)
@@ -161,9 +163,19 @@ class FittingNode(Node):
         except Exception as exc:  # noqa: BLE001 - a malformed CameraInfo must not kill the node
             self.drops.add("bad_camera_info", str(exc))
 
-    def on_landmarks(self, msg: FaceLandmarks) -> None:
+    def on_landmarks(self, msg) -> None:
+        """A FaceLandmarks: its serialized bytes (the subscription is raw) or a message object."""
         self.rate_in.tick()
         self.counters.add("frames_in")
+        if isinstance(msg, (bytes, bytearray, memoryview)):
+            try:
+                msg = landmarks_adapter.deserialize(msg)
+            except ValueError:
+                try:  # anything the numpy reader does not take (e.g. big-endian CDR): rclpy's reader
+                    msg = deserialize_message(bytes(msg), FaceLandmarks)
+                except Exception as exc:  # noqa: BLE001 - undecodable bytes are a drop, not a crash
+                    self.drops.add("bad_landmarks", f"undecodable FaceLandmarks: {exc}")
+                    return
         if not self.params.config.use_depth:
             self.submit(msg, None)
             return
@@ -214,7 +226,10 @@ class FittingNode(Node):
             self.drops.add("no_camera_info", "no colour CameraInfo received yet")
             return None
         try:
-            lm = landmarks_adapter.from_msg(lm_msg)
+            if isinstance(lm_msg, landmarks_adapter.ReceivedLandmarks):
+                lm = lm_msg.landmarks
+            else:
+                lm = landmarks_adapter.from_msg(lm_msg)
         except ValueError as exc:
             self.drops.add("bad_landmarks", str(exc))
             return None
