@@ -112,7 +112,8 @@ class EditorParams:
         "region only (colour 0, no depth elsewhere)", choices=OUTPUTS))
     detail_paste: bool = field(default=AvatarConfig.detail_paste, metadata=param(
         "paste the person's own full-resolution warped pixels plus the network's 64 px colour correction "
-        "(sharp face, ~2-5 ms); false: the network's 64 px colour upsampled (blurred face)", read_only=True))
+        "(a sharp face; ~9 ms more per frame on a loaded 2-core CPU); false: the network's 64 px colour "
+        "upsampled (a blurred face)", read_only=True))
     cloud_organized: bool = field(default=True, metadata=param(
         "avatar/points as an organised H x W cloud with NaN points (like depth_image_proc); false: "
         "1 x N, the valid points only"))
