@@ -181,6 +181,35 @@ def single_thread_blas() -> bool:
     return done
 
 
+# A recording is read into memory first, at most this many frames (every other one dropped, and
+# from then on every second, ... when it is longer: 600 frames of 640x480 RGB-D are ~0.9 GB).
+MAX_READ_FRAMES = 600
+
+
+def _read_all(path: Path, log=None) -> List[Frame]:
+    """All frames of a recording (thinned to MAX_READ_FRAMES), read before any fitting.
+
+    play_recording's unpaced playback fills a 64-frame queue whose enqueue blocks while holding
+    the GIL; a consumer slower than the file (MediaPipe + fitting on a busy machine) then
+    deadlocks the process (seen here 3 times in 5 runs, gdb: rs2_enqueue_frame under the GIL). Copying
+    frames out as fast as they come keeps the queue from filling.
+    """
+    out: List[Frame] = []
+    stride, n = 1, 0
+    for f in recording_frames(path):
+        n += 1
+        if (n - 1) % stride:
+            continue
+        out.append(Frame(f.index, f.timestamp, np.array(f.rgb, copy=True),
+                         None if f.depth is None else np.array(f.depth, copy=True), f.intrinsics, f.depth_scale))
+        if len(out) > MAX_READ_FRAMES:
+            out = out[::2]
+            stride *= 2
+    if log is not None:
+        log(f"read {n} frames of {path}" + (f" (kept every {stride}th)" if stride > 1 else ""))
+    return out
+
+
 def fit_inputs(inputs: Sequence[str], log: Optional[Callable[[str], None]] = None):
     """Read and fit every frame; returns (fitted frames kept as candidates, stats).
 
@@ -199,7 +228,7 @@ def fit_inputs(inputs: Sequence[str], log: Optional[Callable[[str], None]] = Non
         fitter = Fitter(single_image=(kind == "photos"), max_faces=1)
         stride, seen = 1, 0
         try:
-            frames = recording_frames(path) if kind == "recording" else _photo_frames(photos)
+            frames = _read_all(path, log) if kind == "recording" else _photo_frames(photos)
             for frame in frames:
                 stats["frames"] += 1
                 # Own copies: the colour can be a view of librealsense's frame buffer (see below).
@@ -340,8 +369,9 @@ def personalize(inputs: Sequence[str], minutes: float, out, weights=None, config
     try:
         base_net = load_weights(base)
         crop_config = crop_config_for(base, base_net.config.crop_size)
-    except (ValueError, OSError, RuntimeError, KeyError, TypeError) as exc:
-        raise InputError(f"--weights {base}: not usable editor weights ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file (torch raises pickle errors too)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"--weights {base}: not usable editor weights ({first})") from None
     base_sha = _sha256(base / "editor.pt")
     tc = config.train_config(base_net.config)
     if resuming:

@@ -247,8 +247,9 @@ class EditorNode(Node):
             return AvatarEditor.from_weights(folder, p.backend, config=config)
         except BackendUnavailable as exc:
             raise ValueError(f"backend {p.backend!r}: {exc}") from None
-        except (ValueError, OSError, RuntimeError, KeyError, TypeError) as exc:
-            raise ValueError(f"cannot load the editor weights in {folder}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - any unreadable file (torch raises pickle errors too)
+            raise ValueError(f"cannot load the editor weights in {folder}: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
 
     def _check_params(self, p: EditorParams) -> None:
         self._check_topics(p)
@@ -380,9 +381,9 @@ class EditorNode(Node):
         try:
             return self._process(matched)
         except Exception as exc:  # noqa: BLE001 - never let one frame take the node down
-            self.drops.add("internal_error", f"{type(exc).__name__}: {exc}")
             if not self.context.ok():
                 return False  # Ctrl-C invalidated the context under this edit: not the frame's fault
+            self.drops.add("internal_error", f"{type(exc).__name__}: {exc}")
         return False
 
     def _model_state(self, msg: FaceModel):

@@ -81,7 +81,7 @@ def identity_distances(frames, eval_pairs, prepared, outputs: Dict[str, np.ndarr
 
 def evaluate(identities: Sequence[int] = DEFAULT_IDENTITIES, budgets: Sequence[float] = DEFAULT_BUDGETS,
              frames: int = 240, noise: str = "realsense", weights: Optional[str] = None, config=None,
-             figure_dir: Optional[Path] = None, log=print) -> Dict:
+             figure_dir: Optional[Path] = None, log=lambda s: print(s, flush=True)) -> Dict:
     """Personalise each identity with each budget; returns the summary (module docstring)."""
     from facediff_ros.judges.identity import IdentityJudge
     from facediff_ros.personalize_command import fit_inputs, personalize
