@@ -46,6 +46,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from facediff_ros.core.camera import Intrinsics
+from facediff_ros.core.editor.avatar import AvatarConfig
 from facediff_ros.fitting_command import (DEFAULT_HFOV_DEG, IMAGE_SUFFIXES, Fitter, Frame, InputError,
                                           read_color, read_depth, read_intrinsics)
 
@@ -130,7 +131,7 @@ def check_request(expression: str, intensity, steps) -> tuple:
 
 def load_editor(weights: Optional[str], backend: str, steps: int):
     """The :class:`AvatarEditor` over ``weights`` (default: the shipped ones), or InputError."""
-    from facediff_ros.core.editor.avatar import AvatarConfig, AvatarEditor
+    from facediff_ros.core.editor.avatar import AvatarEditor
     from facediff_ros.core.editor.export import BackendUnavailable
     folder = Path(weights) if weights else shipped_weights()
     if not folder.is_dir():
@@ -145,7 +146,7 @@ def load_editor(weights: Optional[str], backend: str, steps: int):
 
 
 def edit_image(image, expression: str, intensity: float = 1.0, depth: Optional[str] = None,
-               intrinsics: Optional[str] = None, steps: int = 4, weights: Optional[str] = None,
+               intrinsics: Optional[str] = None, steps: Optional[int] = None, weights: Optional[str] = None,
                backend: str = "torch") -> Dict:
     """Fit and edit one image in memory (see the module docstring); nothing is written.
 
@@ -158,6 +159,8 @@ def edit_image(image, expression: str, intensity: float = 1.0, depth: Optional[s
     path = Path(image)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"IMAGE {path}: expected an image ({', '.join(IMAGE_SUFFIXES)})")
+    if steps is None:
+        steps = AvatarConfig.steps  # the live editor's default
     category, intensity, steps = check_request(expression, intensity, steps)
     rgb = read_color(path)
     size = (rgb.shape[1], rgb.shape[0])
@@ -277,7 +280,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--expression", required=True,
                    help="target category: neutral, happy, sad, surprised, angry, disgusted, fearful")
     p.add_argument("--intensity", type=float, default=1.0, help="in [0, 1] (1 = the full expression)")
-    p.add_argument("--steps", type=int, default=4, help="network evaluations (1..8; 4 = the live default)")
+    p.add_argument("--steps", type=int, default=AvatarConfig.steps,
+                   help=f"network evaluations (1..8; default {AvatarConfig.steps}, the live editor's)")
     p.add_argument("--weights", help="editor weights folder (default: the shipped facediff_ros/data/editor)")
     p.add_argument("--backend", default="torch", choices=BACKEND_CHOICES,
                    help="inference backend (default torch; auto picks the fastest that runs here)")

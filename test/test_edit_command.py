@@ -209,3 +209,19 @@ def test_depth_png_and_points_round_trip(tmp_path):
     back = edit_command.read_points_ply(tmp_path / "p.ply")
     np.testing.assert_array_equal(back["xyz"], xyz)
     np.testing.assert_array_equal(back["rgb"], rgb)
+
+
+def test_default_steps_are_the_live_editors():
+    """`facediff edit` and the sequence evaluation default to AvatarConfig.steps; --steps still overrides."""
+    import argparse
+    import inspect
+
+    from facediff_ros.core.editor.avatar import AvatarConfig
+    from facediff_ros.synthetic.editor_sequences import SequenceConfig
+    p = argparse.ArgumentParser()
+    edit_command.add_arguments(p)
+    assert p.parse_args(["a.png", "--expression", "happy", "--out", "o"]).steps == AvatarConfig.steps
+    assert p.parse_args(["a.png", "--expression", "happy", "--out", "o", "--steps", "5"]).steps == 5
+    assert inspect.signature(edit_command.edit_image).parameters["steps"].default is None  # -> the config's
+    assert SequenceConfig().steps == AvatarConfig.steps
+    assert SequenceConfig(steps=3).steps == 3

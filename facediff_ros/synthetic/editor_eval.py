@@ -46,6 +46,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from facediff_ros.core.editor.avatar import AvatarConfig
 from facediff_ros.core.editor.edit import ExpressionEditor
 from facediff_ros.core.editor.residual import model_only_rgbd
 from facediff_ros.core.editor.train import load_weights
@@ -221,7 +222,8 @@ def main(argv=None) -> int:
                          "categories; 0 skips this part)")
     ap.add_argument("--frames", type=int, default=3, help="consecutive frames per sequence (>= 2)")
     ap.add_argument("--sequence-seed", type=int, default=500, help="first actor seed of the sequences")
-    ap.add_argument("--sequence-steps", type=int, default=4, help="editor steps in the sequences and photos")
+    ap.add_argument("--sequence-steps", type=int, default=AvatarConfig.steps,
+                    help="editor steps in the sequences and photos (default: AvatarConfig.steps)")
     ap.add_argument("--no-photos", action="store_true", help="skip the real-photo part")
     ap.add_argument("--compare-paste", action="store_true",
                     help="also score the sequences and photos with the other colour paste than the "

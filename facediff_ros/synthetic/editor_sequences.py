@@ -48,6 +48,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
+from facediff_ros.core.editor.avatar import AvatarConfig
 from facediff_ros.core.editor.residual import model_only_rgbd
 from facediff_ros.core.face.expressions import CATEGORIES
 from facediff_ros.synthetic.actor import ActorConfig, SensorNoise, SyntheticActor
@@ -61,7 +62,7 @@ class SequenceConfig:
     frames: int = 4           # consecutive frames per sequence (30 Hz)
     seed: int = 500           # actor seeds seed, seed + 1, ...
     start: int = 10           # first frame (the head is already moving)
-    steps: int = 4            # editor network evaluations
+    steps: int = AvatarConfig.steps  # editor network evaluations (the live editor's default)
     texture_size: int = 256   # the face is ~130 px wide at 0.62 m: a 256 texture is already finer
     targets: Optional[Tuple[str, ...]] = None  # target categories to cycle through (None: all seven)
     # Also score the editor and the model-only baseline with the other colour paste than
