@@ -457,6 +457,6 @@ def fine_tune(prepared: Prepared, base_weights, out_dir, minutes: float, config:
     left_min = max(0.0, minutes - elapsed0 / 60.0)
     summary = train(tc, batch_sampler(prepared.train_data), out_dir, minutes=left_min,
                     init_weights=str(base_weights), log=log,
-                    extra_meta={"personalization": {"config": asdict(config), **(extra_meta or {})}})
+                    extra_meta={**(extra_meta or {}), "personalization": {"config": asdict(config)}})
     summary["resumed_from_step"] = step0
     return summary
