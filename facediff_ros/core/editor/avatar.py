@@ -164,8 +164,18 @@ class AvatarEditor:
                              f"{editor.size} px")
         self.model = model if model is not None else MorphableModel.load()
         self.names = list(self.model.expression_names)
-        self.triangles = editor_triangles(self.model)
-        self.centre_ids = self.model.landmarks68
+        # Only the vertices the rendered triangles and the crop centre use are computed (~89% of
+        # the model's): triangles and landmark ids index this subset.
+        tris = editor_triangles(self.model)
+        self.vertex_ids = np.unique(np.concatenate([tris.reshape(-1), self.model.landmarks68]))  # (M,)
+        local = np.full(self.model.num_vertices, -1, np.int64)
+        local[self.vertex_ids] = np.arange(len(self.vertex_ids))
+        self.triangles = local[tris]  # (F, 3) ids into the subset
+        self.centre_ids = local[self.model.landmarks68]  # (68,) ids into the subset
+        E = self.model.num_expression
+        self._expression_basis = np.ascontiguousarray(
+            self.model.expression_basis[:, self.vertex_ids].reshape(E, -1))  # (E, M * 3) m per unit weight
+        self._identity_part = (None, None)  # (identity bytes, (M, 3) neutral + identity offsets): one fit's
 
     @classmethod
     def from_weights(cls, weights_dir, backend: str = "auto", model: Optional[MorphableModel] = None,
@@ -215,9 +225,23 @@ class AvatarEditor:
         # The fitter clamps weights into [0, 1]; a message may carry a rounding step past either end.
         return identity.astype(np.float32), np.clip(expression, 0, 1).astype(np.float32), R, t
 
+    def _identity_vertices(self, identity: np.ndarray) -> np.ndarray:
+        """(M, 3) float32 neutral + identity offsets of the vertex subset (model frame, m), kept
+        while the fit's identity stays the same (a tracker's identity changes rarely)."""
+        key = identity.tobytes()
+        cached_key, base = self._identity_part
+        if cached_key != key:
+            # The same sum as MorphableModel.vertices (neutral + identity first), on the subset.
+            base = self.model.vertices(identity if len(identity) else None, None)[self.vertex_ids]
+            self._identity_part = (key, base)  # one assignment: safe with a concurrent reader
+        return base
+
     def _posed(self, identity, weights, R, t) -> np.ndarray:
-        v = self.model.vertices(identity if len(identity) else None, weights)  # (V, 3) model frame
-        return (v @ R.T.astype(np.float32) + t.astype(np.float32)).astype(np.float32)  # (V, 3) camera
+        """(M, 3) float32 camera-frame vertices of the subset (``x_cam = R x_model + t``, m)."""
+        base = self._identity_vertices(identity)
+        w = np.asarray(weights, dtype=np.float32)
+        v = base + (w @ self._expression_basis).reshape(base.shape)  # (M, 3) model frame
+        return (v @ R.T.astype(np.float32) + t.astype(np.float32)).astype(np.float32)  # (M, 3) camera
 
     def edit_frame(self, color: np.ndarray, depth: Optional[np.ndarray], intrinsics: Intrinsics, fit,
                    category: Union[str, int], intensity: float, extra_weights: Optional[np.ndarray] = None,
@@ -330,29 +354,39 @@ class AvatarEditor:
         face = target_mask | source_mask  # (S, S): where the fitted face was or will be
         region = cv2.dilate(face.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(np.float32)
         H, W = img.shape[:2]
-        alpha = crop.paste(np.zeros((H, W), np.float32), region, region)  # (H, W): the blend's alpha
-        if detail is None:
-            color = crop.paste(img, rgb, region)
-        else:
-            # The same blend as crop.paste, of the detailed colour at the image's own pixels.
-            warp_rgb, warp_valid, sigma = detail
-            x0, x1, y0, y1 = footprint(crop)
+        # Everything below works on the crop's footprint only (the image pixels whose centres lie
+        # on the crop): outside it no pixel changes, so the full frame is only copied.
+        x0, x1, y0, y1 = footprint(crop)
+        changed = np.zeros((H, W), bool)
+        depth = np.full((H, W), np.nan, np.float32) if base_depth is None else base_depth.copy()
+        if x1 <= x0 or y1 <= y0:
             color = img.copy()
-            if x1 > x0 and y1 > y0:
+        else:
+            # The blend's alpha: crop.paste of the region onto zeros with the region as its
+            # alpha, i.e. (the region's bilinear lookup) squared.
+            up = crop.to_footprint(region)  # (h, w)
+            a = up * up
+            sel = a > 0
+            changed[y0:y1, x0:x1] = sel
+            if detail is None:
+                color = crop.paste(img, rgb, region)
+            else:
+                # The same blend as crop.paste, of the detailed colour at the image's own pixels.
+                warp_rgb, warp_valid, sigma = detail
+                color = img.copy()
                 full = np.clip(detail_compose(crop, warp_rgb, warp_valid, rgb, sigma), 0.0, 255.0)
-                a = alpha[y0:y1, x0:x1]
-                sel = a > 0
                 old = img[y0:y1, x0:x1][sel].astype(np.float32)
                 blended = old + a[sel][:, None] * (full[sel] - old)
                 color[y0:y1, x0:x1][sel] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-        changed = alpha > 0
-        depth = np.full((H, W), np.nan, np.float32) if base_depth is None else base_depth
-        # paste_depth writes face_z where the face was or is; 0 there (the uncovered part) is a hole.
-        depth = crop.paste_depth(depth, face_z, face)
-        with np.errstate(invalid="ignore"):
-            depth = np.where(depth > 0, depth, np.nan).astype(np.float32)
-        ones = np.ones(crop.shape, np.float32)
-        changed |= crop.paste_depth(np.zeros((H, W), np.float32), ones, face) > 0  # where depth was written
+            # crop.paste_depth's nearest lookup: face_z where the face was or is; 0 there (the
+            # uncovered part) is a hole.
+            iy, ix = crop.nearest_in_footprint()
+            take = face[iy[:, None], ix[None, :]]  # (h, w)
+            box = depth[y0:y1, x0:x1]
+            box[take] = face_z[iy[:, None], ix[None, :]][take].astype(np.float32)
+            with np.errstate(invalid="ignore"):
+                box[~(box > 0)] = np.nan
+            changed[y0:y1, x0:x1] |= take  # where depth was written
         if output == "head":
             color = np.where(changed[..., None], color, 0).astype(np.uint8)
             depth = np.where(changed, depth, np.nan).astype(np.float32)

@@ -316,10 +316,8 @@ class FaceCrop:
         x0, x1, y0, y1 = self._footprint()
         if x1 <= x0 or y1 <= y0:
             return out
-        M = self._inverse_affine(x0, y0)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        up = cv2.warpAffine(c, M, (x1 - x0, y1 - y0), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-        alpha = cv2.warpAffine(a, M, (x1 - x0, y1 - y0), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        up = self.to_footprint(c)
+        alpha = self.to_footprint(a)
         if up.ndim < img.ndim:
             up = up[..., None]  # cv2 drops a single channel
         sel = alpha > 0  # (h, w): only these pixels change; the rest keep their exact values
@@ -332,6 +330,26 @@ class FaceCrop:
             blended = np.clip(np.rint(blended), info.min, info.max)
         region[sel] = blended.astype(img.dtype)
         return out
+
+    def to_footprint(self, crop: np.ndarray) -> np.ndarray:
+        """(S, S[, C]) float32 crop values -> (h, w[, C]) over the footprint (``paste``'s bilinear
+        lookup: cv2's, border repeated); the footprint is ``FaceCrop._footprint``'s, maybe empty."""
+        x0, x1, y0, y1 = self._footprint()
+        if x1 <= x0 or y1 <= y0:
+            return np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)) + np.shape(crop)[2:], np.float32)
+        return cv2.warpAffine(np.asarray(crop, np.float32), self._inverse_affine(x0, y0), (x1 - x0, y1 - y0),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+
+    def nearest_in_footprint(self) -> Tuple[np.ndarray, np.ndarray]:
+        """((h,) crop rows, (w,) crop columns) nearest to each footprint pixel's centre: the lookup
+        of :meth:`paste_depth` (``crop[iy[:, None], ix[None, :]]`` is the footprint's)."""
+        x0, x1, y0, y1 = self._footprint()
+        S = self.size
+        xs, _ = self.image_to_crop(np.arange(x0, x1), 0)
+        _, ys = self.image_to_crop(0, np.arange(y0, y1))
+        ix = np.clip(np.floor(xs + 0.5).astype(np.int64), 0, S - 1)
+        iy = np.clip(np.floor(ys + 0.5).astype(np.int64), 0, S - 1)
+        return iy, ix
 
     def paste_depth(self, depth: np.ndarray, crop_depth_m: np.ndarray, crop_mask: np.ndarray,
                     depth_scale: Optional[float] = None) -> np.ndarray:
@@ -359,11 +377,7 @@ class FaceCrop:
         x0, x1, y0, y1 = self._footprint()
         if x1 <= x0 or y1 <= y0:
             return out
-        S = self.size
-        xs, _ = self.image_to_crop(np.arange(x0, x1), 0)
-        _, ys = self.image_to_crop(0, np.arange(y0, y1))
-        ix = np.clip(np.floor(xs + 0.5).astype(np.int64), 0, S - 1)
-        iy = np.clip(np.floor(ys + 0.5).astype(np.int64), 0, S - 1)
+        iy, ix = self.nearest_in_footprint()
         take = m[iy[:, None], ix[None, :]]  # (h, w) footprint
         val = cz[iy[:, None], ix[None, :]]
         if np.issubdtype(d.dtype, np.integer):

@@ -129,15 +129,26 @@ def image_warp(image: np.ndarray, crop: FaceCrop, warp: WarpBuffers) -> Tuple[np
         raise ValueError(f"image must be (H, W, C) = {crop.image_intrinsics.shape} as the crop's camera, "
                          f"got {img.shape}")
     ok = warp.valid & np.all(np.isfinite(warp.source_xy), axis=-1)
-    xy = np.where(ok[..., None], warp.source_xy, 0.0).astype(np.float32)  # (S, S, 2) crop px
+    # (S, S, 3): the lookups (crop px, 0 where not valid) and the 0/1 validity, upsampled at once
+    # (the same arithmetic per channel as one call each).
+    stacked = np.concatenate([np.where(ok[..., None], warp.source_xy, 0.0), ok[..., None]], -1)
+    up = upsample_to_image(crop, stacked.astype(np.float32))  # (h, w, 3)
     # Valid where every crop pixel the bilinear upsampling reads is (up() of the 0/1 mask is 1).
-    valid = upsample_to_image(crop, ok.astype(np.float32)) > 1.0 - 1e-4  # (h, w)
-    up_xy = upsample_to_image(crop, xy)  # (h, w, 2)
-    map_u = (crop.u0 + crop.scale * up_xy[..., 0]).astype(np.float32)  # image px
-    map_v = (crop.v0 + crop.scale * up_xy[..., 1]).astype(np.float32)
+    valid = up[..., 2] > 1.0 - 1e-4  # (h, w)
+    map_u = (crop.u0 + crop.scale * up[..., 0]).astype(np.float32)  # image px
+    map_v = (crop.v0 + crop.scale * up[..., 1]).astype(np.float32)
     if valid.size == 0:
         return np.zeros(valid.shape + (img.shape[2],), np.float32), valid
-    colour = cv2.remap(np.ascontiguousarray(img, dtype=np.float32), map_u, map_v, cv2.INTER_LINEAR,
+    # Only the image rows and columns the lookups reach (and their bilinear neighbours) are
+    # converted to float. Shifting the maps by whole pixels is exact in float32, and the window
+    # reaches the image's border wherever a lookup does, so its repeated border is the image's.
+    H, W = img.shape[:2]
+    lx = int(np.clip(np.floor(map_u.min()) - 1, 0, W - 1))
+    hx = int(np.clip(np.ceil(map_u.max()) + 2, lx + 1, W))
+    ly = int(np.clip(np.floor(map_v.min()) - 1, 0, H - 1))
+    hy = int(np.clip(np.ceil(map_v.max()) + 2, ly + 1, H))
+    window = np.ascontiguousarray(img[ly:hy, lx:hx], dtype=np.float32)
+    colour = cv2.remap(window, map_u - np.float32(lx), map_v - np.float32(ly), cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_REPLICATE).reshape(valid.shape + (img.shape[2],))
     return np.where(valid[..., None], colour, 0.0).astype(np.float32), valid
 

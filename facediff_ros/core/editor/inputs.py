@@ -61,7 +61,7 @@ class NetworkInputs:
     source: np.ndarray   # (4, S, S) float32 source RGB-D, RGB in [-1, 1], depth normalised
     buffers: np.ndarray  # (8, S, S) float32 target buffers (warp.buffers_tensor)
     warp: WarpBuffers    # the model-only edit they came from (its mask: the target mesh covers the pixel)
-    source_render: RenderBuffers  # the source mesh in the crop (its mask: where the fitted face was)
+    source_render: RenderBuffers  # the source mesh in the crop (its mask: where the face was; flat normals)
 
 
 def network_inputs(crop: FaceCrop, source_rgb01: np.ndarray, source_depth_m: Optional[np.ndarray],
@@ -86,7 +86,9 @@ def network_inputs(crop: FaceCrop, source_rgb01: np.ndarray, source_depth_m: Opt
         renderer = Renderer(crop.intrinsics)
     elif renderer.intrinsics != crop.intrinsics:
         raise ValueError("renderer must be made for the crop's intrinsics")
-    src = renderer.render(source_vertices, triangles)  # geometry only: no texture, no shading
+    # Geometry only (no texture, no shading). Of the source render only the mask and depth are
+    # read: flat normals skip the per-vertex normal sums (the target's smooth normals are inputs).
+    src = renderer.render(source_vertices, triangles, smooth_normals=False)
     tgt = renderer.render(target_vertices, triangles)
     warp = warp_source(source_rgb01, src, tgt, source_vertices, triangles, crop.intrinsics,
                        WARP_DEPTH_TOLERANCE_M)
