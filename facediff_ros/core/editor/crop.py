@@ -214,15 +214,21 @@ class FaceCrop:
         Returns:
             (S, S) float32 metres, 0 where there is no depth or the crop leaves the image.
         """
-        z = _depth_metres(depth, depth_scale, self.image_intrinsics)
-        H, W = z.shape
+        d = np.asarray(depth)
+        if d.shape != self.image_intrinsics.shape:
+            raise ValueError(f"depth must be (H, W) = {self.image_intrinsics.shape} as the intrinsics, "
+                             f"got {d.shape}")
+        _depth_metres(d[:1, :1], depth_scale, None)  # validates dtype and scale
+        H, W = d.shape
         g = np.arange(self.size, dtype=np.float64)
         u, v = self.crop_to_image(g, g)
         iu = np.floor(u + 0.5).astype(np.int64)  # nearest pixel centre
         iv = np.floor(v + 0.5).astype(np.int64)
         ok_u, ok_v = (iu >= 0) & (iu < W), (iv >= 0) & (iv < H)
-        out = z[np.clip(iv, 0, H - 1)[:, None], np.clip(iu, 0, W - 1)[None, :]]  # (S, S)
-        return np.where(ok_v[:, None] & ok_u[None, :], out, 0.0).astype(np.float32)
+        # Looked up first, converted after: the conversion is per pixel, so only S x S of them.
+        out = d[np.clip(iv, 0, H - 1)[:, None], np.clip(iu, 0, W - 1)[None, :]]  # (S, S)
+        z = _depth_metres(out, depth_scale, None)
+        return np.where(ok_v[:, None] & ok_u[None, :], z, 0.0).astype(np.float32)
 
     def _roi(self, margin: int) -> Tuple[int, int, int, int]:
         """Image columns [x0, x1) and rows [y0, y1) holding the crop's samples plus a margin,
@@ -368,7 +374,10 @@ class FaceCrop:
             A new depth image of ``depth``'s dtype and units.
         """
         d = np.asarray(depth)
-        _depth_metres(d, depth_scale, self.image_intrinsics)  # validates shape, dtype and scale
+        if d.shape != self.image_intrinsics.shape:
+            raise ValueError(f"depth must be (H, W) = {self.image_intrinsics.shape} as the intrinsics, "
+                             f"got {d.shape}")
+        _depth_metres(d[:1, :1], depth_scale, None)  # validates dtype and scale
         cz = np.asarray(crop_depth_m, dtype=np.float64)
         if cz.shape != self.shape:
             raise ValueError(f"crop_depth_m must be {self.shape}, got {cz.shape}")
@@ -412,10 +421,11 @@ def _check_image(name: str, image, K: Intrinsics) -> np.ndarray:
     return img
 
 
-def _depth_metres(depth, depth_scale: Optional[float], K: Intrinsics) -> np.ndarray:
-    """(H, W) depth of any supported dtype -> float32 metres with 0 for no depth."""
+def _depth_metres(depth, depth_scale: Optional[float], K: Optional[Intrinsics]) -> np.ndarray:
+    """(H, W) depth of any supported dtype -> float32 metres with 0 for no depth (``K`` None: any
+    shape, not checked)."""
     d = np.asarray(depth)
-    if d.shape != K.shape:
+    if K is not None and d.shape != K.shape:
         raise ValueError(f"depth must be (H, W) = {K.shape} as the intrinsics, got {d.shape}")
     if np.issubdtype(d.dtype, np.integer):
         if depth_scale is None or not np.isfinite(depth_scale) or depth_scale <= 0:
