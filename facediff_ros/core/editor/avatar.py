@@ -6,6 +6,8 @@ it). Stages, each timed (``AvatarFrame.timings``, milliseconds):
 1. ``mesh``: the fitted mesh (identity, expression, pose: ``x_cam = R x_model + t``) and the
    target mesh (same identity and pose, the category's weights at the intensity:
    :func:`facediff_ros.core.face.expressions.category_weights`), camera optical frame, metres;
+   only the vertices the rendered triangles and the crop centre use (``AvatarEditor.vertex_ids``),
+   their neutral + identity part computed once per fit identity and shared by both meshes;
 2. ``crop``: the face crop from the fitted mesh (:func:`~facediff_ros.core.editor.inputs.face_crop`);
 3. ``sample``: the source colour (anti-aliased) and depth (nearest) crops;
 4. ``inputs``: source RGB-D and target buffers
@@ -13,7 +15,8 @@ it). Stages, each timed (``AvatarFrame.timings``, milliseconds):
 5. ``network``: the few-step sampler over any backend (``editor.edit``);
 6. ``detail`` (``AvatarConfig.detail_paste``): the model-only warp at the image's resolution,
    sampled from the frame (:func:`~facediff_ros.core.editor.detail_paste.image_warp`);
-7. ``paste``: the edited colour composed back into the frame and the edited depth written into it.
+7. ``paste``: the edited colour composed back into the frame and the edited depth written into it
+   (work on the crop's footprint only: the rest of the frame is copied unchanged).
 
 What is written where (crop masks, then mapped to the image by the crop's inverse mapping):
 
