@@ -279,7 +279,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from facediff_ros.personalize_command import add_arguments as add_personalize_arguments
     add_personalize_arguments(p)
     p.set_defaults(func=_cmd_personalize)
-    p = sub.add_parser("record", help="record RGB-D frames (capture topics or a camera) into a .db3, with prompts")
+    p = sub.add_parser("record",
+                       help="record RGB-D frames (capture topics or a camera) into a .db3, with prompts")
     from facediff_ros.record_command import add_arguments as add_record_arguments
     add_record_arguments(p)
     p.set_defaults(func=_cmd_record)

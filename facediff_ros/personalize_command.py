@@ -200,8 +200,9 @@ def _read_all(path: Path, log=None) -> List[Frame]:
         n += 1
         if (n - 1) % stride:
             continue
-        out.append(Frame(f.index, f.timestamp, np.array(f.rgb, copy=True),
-                         None if f.depth is None else np.array(f.depth, copy=True), f.intrinsics, f.depth_scale))
+        depth = None if f.depth is None else np.array(f.depth, copy=True)
+        out.append(Frame(f.index, f.timestamp, np.array(f.rgb, copy=True), depth, f.intrinsics,
+                         f.depth_scale))
         if len(out) > MAX_READ_FRAMES:
             out = out[::2]
             stride *= 2
@@ -219,7 +220,8 @@ def fit_inputs(inputs: Sequence[str], log: Optional[Callable[[str], None]] = Non
     from facediff_ros.fitting_command import Fitter
     streams = _input_streams(inputs)
     single_thread_blas()
-    stats = {"frames": 0, "with_face": 0, "people_checked": 0, "multi_face": 0, "fitted": 0, "usable": 0, "inputs": len(streams)}
+    stats = {"frames": 0, "with_face": 0, "people_checked": 0, "multi_face": 0, "fitted": 0, "usable": 0,
+             "inputs": len(streams)}
     kept: List = []
     t0 = time.perf_counter()
     for n_stream, (path, kind, photos) in enumerate(streams):
@@ -248,7 +250,8 @@ def fit_inputs(inputs: Sequence[str], log: Optional[Callable[[str], None]] = Non
                     stats["people_checked"] += 1
                     stats["multi_face"] += faces > 1
                 uv, points, valid = lm
-                res = fitter.tracker.update(frame.intrinsics, uv, points, valid, frame.depth, frame.depth_scale)
+                res = fitter.tracker.update(frame.intrinsics, uv, points, valid, frame.depth,
+                                            frame.depth_scale)
                 if not res.ok:
                     continue
                 stats["fitted"] += 1
@@ -264,9 +267,11 @@ def fit_inputs(inputs: Sequence[str], log: Optional[Callable[[str], None]] = Non
                 stamp = None if kind == "photos" else 1e4 * n_stream + float(frame.timestamp)
                 # A copy: the colour may be a view of librealsense's frame buffer, and holding
                 # many of those starves the playback's frame pool (the reader then stalls).
-                kept.append(FittedFrame(len(kept), stamp, np.array(frame.rgb, copy=True), depth, frame.intrinsics,
-                                        res.identity.copy(), res.expression.copy(), res.R.copy(), res.t.copy()))
-                if len(kept) > MAX_CANDIDATES:  # thin out evenly: every other frame, from now on half as often
+                kept.append(FittedFrame(len(kept), stamp, np.array(frame.rgb, copy=True), depth,
+                                        frame.intrinsics, res.identity.copy(), res.expression.copy(),
+                                        res.R.copy(), res.t.copy()))
+                # Thin out evenly: every other frame, from now on half as often.
+                if len(kept) > MAX_CANDIDATES:
                     kept = kept[::2]
                     stride *= 2
         finally:
@@ -364,7 +369,8 @@ def personalize(inputs: Sequence[str], minutes: float, out, weights=None, config
     work = out if out.exists() else partial_dir(out)
     resuming = work.exists()
     if resuming and not is_personalization_dir(work):
-        raise InputError(f"{work}: exists and is not a personalisation folder; remove it or choose another --out")
+        raise InputError(f"{work}: exists and is not a personalisation folder; "
+                         "remove it or choose another --out")
     # Base weights: editor weights of this package's format, with their crop.
     try:
         base_net = load_weights(base)
@@ -410,8 +416,8 @@ def personalize(inputs: Sequence[str], minutes: float, out, weights=None, config
         if fresh:
             work.mkdir(mode=0o700)
         try:
-            marker = {"kind": MARKER_KIND, "format": FORMAT, "base_weights": str(base), "base_sha256": base_sha,
-                      "minutes": minutes}
+            marker = {"kind": MARKER_KIND, "format": FORMAT, "base_weights": str(base),
+                      "base_sha256": base_sha, "minutes": minutes}
             (work / MARKER_FILE).write_text(json.dumps(marker, indent=1) + "\n")
             bar = ProgressBar(60 * minutes, done_s) if progress else None
             extra = {"data": {"pair_config": (base_meta.get("data") or {}).get("pair_config")
@@ -422,10 +428,11 @@ def personalize(inputs: Sequence[str], minutes: float, out, weights=None, config
                 bar.finish()
             t_eval = time.perf_counter()
             personal = load_weights(work)
-            outputs = {"model_only": np.stack([P.model_only_rgbd(s, b) for s, b in
-                                               zip(prepared.eval_data["source"], prepared.eval_data["buffers"])]),
-                       "base": P.edit_pairs(base_net, prepared.eval_data, config.eval_steps, config.seed),
-                       "personalised": P.edit_pairs(personal, prepared.eval_data, config.eval_steps, config.seed)}
+            ev = prepared.eval_data
+            outputs = {"model_only": np.stack([P.model_only_rgbd(s, b)
+                                               for s, b in zip(ev["source"], ev["buffers"])]),
+                       "base": P.edit_pairs(base_net, ev, config.eval_steps, config.seed),
+                       "personalised": P.edit_pairs(personal, ev, config.eval_steps, config.seed)}
             scores = P.heldout_scores(outputs, prepared.eval_data)
             P.before_after_figure(prepared.eval_data, outputs, scores, work / FIGURE_FILE)
             report = {
@@ -504,9 +511,10 @@ def run(args: argparse.Namespace) -> int:
         return 130
     h = report["heldout"]
     t = report["training"]
-    print(f"wrote {report['out']} ({t['steps']} steps, {t['elapsed_s'] / 60:.1f} min of training): held-out face "
-          f"PSNR {h['base']['psnr_db']:.2f} dB with the base weights -> {h['personalised']['psnr_db']:.2f} dB "
-          f"personalised ({report['gain_psnr_db']:+.2f} dB; model-only {h['model_only']['psnr_db']:.2f} dB); "
+    print(f"wrote {report['out']} ({t['steps']} steps, {t['elapsed_s'] / 60:.1f} min of training): "
+          f"held-out face PSNR {h['base']['psnr_db']:.2f} dB with the base weights -> "
+          f"{h['personalised']['psnr_db']:.2f} dB personalised ({report['gain_psnr_db']:+.2f} dB; "
+          f"model-only {h['model_only']['psnr_db']:.2f} dB); "
           f"figure {Path(report['out']) / FIGURE_FILE}")
     return 0
 

@@ -1,4 +1,5 @@
-"""``facediff record``: record RGB-D frames of the user into a RealSense ``.db3`` (input for ``facediff personalize``).
+"""``facediff record``: record RGB-D frames of the user into a RealSense ``.db3``
+(input for ``facediff personalize``).
 
     facediff record --out FILE.db3 --seconds S [--source topics|realsense|synthetic|webcam]
                     [--video-device 0] [--camera-namespace camera --camera-name camera]
@@ -84,9 +85,11 @@ class RecordingWriter:
         self.depth_sensor = self.device.add_sensor("Stereo Module")
         self.color_sensor = self.device.add_sensor("RGB Camera")
         self.depth_profile = self.depth_sensor.add_video_stream(
-            _video_stream(rs, rs.stream.depth, rs.format.z16, 2, intrinsics, fps, uid=0)).as_video_stream_profile()
+            _video_stream(rs, rs.stream.depth, rs.format.z16, 2, intrinsics, fps, uid=0)
+        ).as_video_stream_profile()
         self.color_profile = self.color_sensor.add_video_stream(
-            _video_stream(rs, rs.stream.color, rs.format.rgb8, 3, intrinsics, fps, uid=1)).as_video_stream_profile()
+            _video_stream(rs, rs.stream.color, rs.format.rgb8, 3, intrinsics, fps, uid=1)
+        ).as_video_stream_profile()
         self.depth_sensor.add_read_only_option(rs.option.depth_units, float(depth_unit_m))
         ident = rs.extrinsics()
         ident.rotation = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
@@ -104,7 +107,8 @@ class RecordingWriter:
         """One frame: (H, W, 3) uint8 RGB, (H, W) uint16 depth in the writer's unit (None: no depth)."""
         rs, K = self.rs, self.K
         if color.shape != K.shape + (3,) or color.dtype != np.uint8:
-            raise RecordError(f"frame of {color.shape} {color.dtype}, the stream is {K.width}x{K.height} rgb8")
+            raise RecordError(f"frame of {color.shape} {color.dtype}, "
+                              f"the stream is {K.width}x{K.height} rgb8")
         if depth is None:
             depth = np.zeros(K.shape, np.uint16)
         for sensor, profile, pixels, bpp in ((self.depth_sensor, self.depth_profile, depth, 2),
@@ -222,8 +226,9 @@ def record_topics(out, seconds: float, namespace: str, camera: str, say: Callabl
         while state["info"] is None or not state["frames"]:
             rclpy.spin_once(node, timeout_sec=0.1)
             if time.monotonic() - t_wait > wait_s:
-                raise RecordError(f"no frames on {cam.color} and {cam.color_info} within {wait_s:g} s; is the "
-                                  f"capture node running (facediff-capture / ros2 run facediff_ros capture)?")
+                raise RecordError(f"no frames on {cam.color} and {cam.color_info} within {wait_s:g} s; "
+                                  "is the capture node running "
+                                  "(facediff-capture / ros2 run facediff_ros capture)?")
         K = from_camera_info_msg(state["info"])
         prompts = prompt_schedule(seconds)
         t0 = time.monotonic()
@@ -244,8 +249,8 @@ def record_topics(out, seconds: float, namespace: str, camera: str, say: Callabl
                     depth = None
                     if dm is not None:
                         z = images.depth_to_meters(from_image_msg(dm), dm.encoding)  # (H, W) m, NaN = none
-                        depth = np.where(np.isfinite(z) & (z > 0), np.round(z * 1000.0), 0).clip(0, 65535
-                                                                                                ).astype(np.uint16)
+                        mm = np.where(np.isfinite(z) & (z > 0), np.round(z * 1000.0), 0)
+                        depth = mm.clip(0, 65535).astype(np.uint16)
                 except ValueError:
                     continue  # an undecodable frame is skipped (the capture node's own drop)
                 if color.shape[:2] != K.shape:

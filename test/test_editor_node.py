@@ -57,6 +57,10 @@ def _header(sec, frame=FRAME):
 
 @pytest.fixture(scope="module")
 def scene(model):
+    return make_scene(model)
+
+
+def make_scene(model):
     """A smooth 320x240 frame (colour ramp, a tilted depth plane at ~0.6 m) and a neutral fit there."""
     v, u = np.mgrid[0:K.height, 0:K.width].astype(np.float64)
     color = np.clip(np.stack([40 + 0.6 * u, 30 + 0.7 * v, 128 + 50 * np.sin(u / 30.0)], -1), 0, 255)

@@ -7,7 +7,12 @@ rclpy = pytest.importorskip("rclpy")
 from rclpy.parameter import Parameter  # noqa: E402
 
 from facediff_ros.adapters.images import from_image_msg  # noqa: E402
-from test_editor_node import _feed, _messages, _node, scene  # noqa: E402,F401  (the scene fixture)
+from test_editor_node import _feed, _messages, _node, make_scene  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def scene(model):
+    return make_scene(model)
 
 
 def _weights(folder, seed):

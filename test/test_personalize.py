@@ -5,7 +5,6 @@ import json
 import math
 import os
 import stat
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,7 +130,8 @@ def test_folder_is_owner_only_and_delete_removes_only_ours(actor_fit, tmp_path):
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
     assert sorted(os.listdir(parent)) == ["me"]  # no partial sibling or anything else left beside it
     net = load_weights(out)  # loadable as editor weights, with the crop recorded
-    assert net.config.crop_size == 64 and json.loads((out / "config.json").read_text())["data"]["pair_config"]["crop"]
+    assert net.config.crop_size == 64
+    assert json.loads((out / "config.json").read_text())["data"]["pair_config"]["crop"]
     assert rep["training"]["steps"] >= 1
     # --delete refuses a folder that is not a personalisation (and leaves it as it was) ...
     other = tmp_path / "photos"
@@ -243,9 +243,9 @@ def test_budget_shorter_than_a_step_and_weights_of_another_config(actor_fit, tmp
         _personalize(actor_fit, out, 0.1, weights=str(other))
     assert sorted(os.listdir(out)) == before
     # The same base with another fine-tuning configuration: refused as well.
+    other_config = P.PersonalizeConfig(max_frames=24, max_pairs=160, max_heldout=6, gap_s=0.2, lr=1e-4)
     with pytest.raises(InputError, match="another configuration"):
-        _personalize(actor_fit, out, 0.1, config=P.PersonalizeConfig(max_frames=24, max_pairs=160, max_heldout=6,
-                                                                    gap_s=0.2, lr=1e-4))
+        _personalize(actor_fit, out, 0.1, config=other_config)
 
 
 # ---- facediff record -------------------------------------------------------------------------------
@@ -263,7 +263,7 @@ def test_record_synthetic_plays_back_with_prompts(tmp_path, capsys):
     assert f.color.shape == (480, 640, 3) and f.depth_mm.shape == (480, 640) and f.depth_mm.any()
     stamps = [x.timestamp for x in frames]
     assert all(b > a for a, b in zip(stamps, stamps[1:])) and stamps[-1] <= 3.5
-    from facediff_ros.record_command import PROMPTS, prompt_schedule
+    from facediff_ros.record_command import PROMPTS
     assert PROMPTS[0] in text and PROMPTS[1] in text  # 3 s: two prompts of 1.5 s, printed while recording
     # An existing file is never overwritten.
     rc = main(["record", "--source", "synthetic", "--seconds", "1", "--out", str(out)])

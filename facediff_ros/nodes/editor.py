@@ -259,7 +259,8 @@ class EditorNode(Node):
             self._next_avatar = (p.weights, self._load_avatar(p, resolve_weights(p.weights)))
 
     def _on_params_changed(self, old: EditorParams, new: EditorParams) -> None:
-        if old.weights != new.weights and self._next_avatar is not None and self._next_avatar[0] == new.weights:
+        if (old.weights != new.weights and self._next_avatar is not None
+                and self._next_avatar[0] == new.weights):
             self.avatar = self._next_avatar[1]  # one assignment: the worker's next frame uses it
             self._next_avatar = None
             self.backend_text = f"{self.avatar.backend.describe()}: {self.avatar.backend.why}"

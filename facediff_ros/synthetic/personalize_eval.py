@@ -98,21 +98,22 @@ def evaluate(identities: Sequence[int] = DEFAULT_IDENTITIES, budgets: Sequence[f
             for b in budgets:
                 rep = personalize([str(rec)], b, tmp / "person", weights, config=config, log=None,
                                   progress=False, frames=fitted, stats=stats)
-                ids = identity_distances(fitted, rep["_prepared"].eval_pairs, rep["_prepared"], rep["_outputs"],
-                                         judge)
+                ids = identity_distances(fitted, rep["_prepared"].eval_pairs, rep["_prepared"],
+                                         rep["_outputs"], judge)
                 row = {"identity_seed": seed, "budget_min": b, "steps": rep["training"]["steps"],
                        "train_s": rep["training"]["elapsed_s"], "train_pairs": rep["train_pairs"],
                        "heldout_pairs": rep["heldout_pairs"], "heldout_frames": rep["heldout_frames"],
-                       "methods": {k: {"psnr_db": rep["heldout"][k]["psnr_db"], **ids[k]} for k in rep["heldout"]}}
+                       "methods": {k: {"psnr_db": rep["heldout"][k]["psnr_db"], **ids[k]}
+                                   for k in rep["heldout"]}}
                 m = row["methods"]
+                d_base, d_personal = m["base"]["identity_distance"], m["personalised"]["identity_distance"]
                 row["gain_psnr_db"] = round(m["personalised"]["psnr_db"] - m["base"]["psnr_db"], 3)
-                if m["personalised"]["identity_distance"] is not None and m["base"]["identity_distance"] is not None:
-                    row["gain_identity_distance"] = round(m["base"]["identity_distance"]
-                                                          - m["personalised"]["identity_distance"], 4)
+                if d_personal is not None and d_base is not None:
+                    row["gain_identity_distance"] = round(d_base - d_personal, 4)
                 rows.append(row)
-                log(f"identity {seed}, {b:g} min ({row['steps']} steps): PSNR base {m['base']['psnr_db']:.2f} -> "
-                    f"personalised {m['personalised']['psnr_db']:.2f} dB; identity distance base "
-                    f"{_fmt(m['base']['identity_distance'])} -> {_fmt(m['personalised']['identity_distance'])} "
+                log(f"identity {seed}, {b:g} min ({row['steps']} steps): PSNR base "
+                    f"{m['base']['psnr_db']:.2f} -> personalised {m['personalised']['psnr_db']:.2f} dB; "
+                    f"identity distance base {_fmt(d_base)} -> {_fmt(d_personal)} "
                     f"({time.time() - t0:.0f} s)")
                 if figure_dir is not None:
                     figure_dir.mkdir(parents=True, exist_ok=True)
@@ -129,10 +130,12 @@ def evaluate(identities: Sequence[int] = DEFAULT_IDENTITIES, budgets: Sequence[f
             ps = [r["methods"][name]["psnr_db"] for r in sel]
             ds = [r["methods"][name]["identity_distance"] for r in sel
                   if r["methods"][name]["identity_distance"] is not None]
-            agg[name] = {"psnr_db": float(np.mean(ps)), "identity_distance": float(np.mean(ds)) if ds else None}
+            agg[name] = {"psnr_db": float(np.mean(ps)),
+                         "identity_distance": float(np.mean(ds)) if ds else None}
         agg["gain_psnr_db"] = agg["personalised"]["psnr_db"] - agg["base"]["psnr_db"]
-        if agg["personalised"]["identity_distance"] is not None and agg["base"]["identity_distance"] is not None:
-            agg["gain_identity_distance"] = agg["base"]["identity_distance"] - agg["personalised"]["identity_distance"]
+        d_base, d_personal = agg["base"]["identity_distance"], agg["personalised"]["identity_distance"]
+        if d_personal is not None and d_base is not None:
+            agg["gain_identity_distance"] = d_base - d_personal
         summary["by_budget"][f"{b:g}"] = agg
     summary["elapsed_s"] = round(time.time() - t0, 1)
     return summary
@@ -161,8 +164,8 @@ def main(argv=None) -> int:
     except InputError as exc:
         print(f"personalize_eval: {exc}", file=sys.stderr)
         return 2
-    print("| budget (min) | PSNR shipped (dB) | PSNR personalised (dB) | gain (dB) | identity distance shipped "
-          "| identity distance personalised |")
+    print("| budget (min) | PSNR shipped (dB) | PSNR personalised (dB) | gain (dB) "
+          "| identity distance shipped | identity distance personalised |")
     print("|---|---|---|---|---|---|")
     for b, a in s["by_budget"].items():
         print(f"| {b} | {a['base']['psnr_db']:.2f} | {a['personalised']['psnr_db']:.2f} | "

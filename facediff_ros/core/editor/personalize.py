@@ -102,7 +102,8 @@ class PersonalizeConfig:
             if isinstance(v, bool) or int(v) != v or v < 1:
                 raise ValueError(f"PersonalizeConfig.{name} must be an integer >= 1, got {v!r}")
         if not 0 < self.heldout_fraction < 1:
-            raise ValueError(f"PersonalizeConfig.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+            raise ValueError("PersonalizeConfig.heldout_fraction must be in (0, 1), "
+                             f"got {self.heldout_fraction}")
         for name in ("gap_s", "pose_weight", "max_pose_deg", "max_shift_m", "lr", "ema_decay"):
             v = float(getattr(self, name))
             if not math.isfinite(v) or v < 0:
@@ -179,9 +180,9 @@ def split_frames(frames: Sequence[FittedFrame], config: PersonalizeConfig) -> Sp
             continue
         rest.append(i)
     if len(rest) < config.min_train_frames:
-        raise PersonalizeError(f"too few usable frames: {len(rest)} frames stay {config.gap_s:g} s away from the "
-                               f"{len(heldout)} held-out ones, need {config.min_train_frames} to train on; "
-                               f"record longer")
+        raise PersonalizeError(f"too few usable frames: {len(rest)} frames stay {config.gap_s:g} s away "
+                               f"from the {len(heldout)} held-out ones, need {config.min_train_frames} "
+                               "to train on; record longer")
     train = farthest_point_order(feats, config.max_frames, rest)
     return Split(train=train, heldout=heldout)
 
@@ -194,7 +195,8 @@ def _pose_gap(a: FittedFrame, b: FittedFrame, centre_ids) -> Tuple[float, float]
 
 
 def make_pairs(frames: Sequence[FittedFrame], split: Split, config: PersonalizeConfig,
-               rng: Optional[np.random.Generator] = None) -> Tuple[List[Tuple[int, int]], List[Tuple[int, int]]]:
+               rng: Optional[np.random.Generator] = None
+               ) -> Tuple[List[Tuple[int, int]], List[Tuple[int, int]]]:
     """(training pairs, held-out pairs) as (source i, target j) frame indices.
 
     Training: i != j both training frames, head poses within the config's limits, at most
@@ -215,8 +217,9 @@ def make_pairs(frames: Sequence[FittedFrame], split: Split, config: PersonalizeC
                     and frames[i].intrinsics == frames[j].intrinsics:
                 train_pairs.append((i, j))
     if not train_pairs:
-        raise PersonalizeError(f"no two training frames have head poses within {config.max_pose_deg:g} deg and "
-                               f"{100 * config.max_shift_m:g} cm of each other (one camera, head kept in view)")
+        raise PersonalizeError(f"no two training frames have head poses within {config.max_pose_deg:g} deg "
+                               f"and {100 * config.max_shift_m:g} cm of each other "
+                               "(one camera, head kept in view)")
     if len(train_pairs) > config.max_pairs:
         keep = rng.choice(len(train_pairs), config.max_pairs, replace=False)
         train_pairs = [train_pairs[k] for k in sorted(keep)]
@@ -421,7 +424,8 @@ def time_one_step(base_net, data: Dict[str, np.ndarray], config: PersonalizeConf
     torch.set_num_threads(config.threads)
     net = copy.deepcopy(base_net).train()
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr)
-    batch = {k: torch.from_numpy(v) for k, v in batch_sampler(data)(tc.batch_size, np.random.default_rng(0)).items()}
+    sampled = batch_sampler(data)(tc.batch_size, np.random.default_rng(0))
+    batch = {k: torch.from_numpy(v) for k, v in sampled.items()}
     best = float("inf")
     for _ in range(2):  # the first call pays for allocations
         t0 = time.perf_counter()
