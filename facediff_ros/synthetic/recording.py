@@ -149,7 +149,8 @@ def play_recording(path: PathLike, realtime: bool = False, align: bool = True,
 
     The file's playback device (``rs.context().load_device``, what ``rs.config
     .enable_device_from_file`` opens) is paused until its depth and colour sensors both stream
-    into one frame queue; depth and colour frames are paired by timestamp here. (An
+    into one small bounded buffer (:class:`_FrameBuffer`: a reader slower than the file slows the
+    playback down instead of filling a queue); depth and colour frames are paired by timestamp here. (An
     ``rs.pipeline`` over the same 45-frame file lost frame 0 in 3 of 20 runs -- its sensors
     start one after the other while the file already plays -- and, in a test file whose
     timestamps started at 1 s, its syncer paired depth i with colour i - 1.) Pairs become
@@ -195,27 +196,29 @@ def play_recording(path: PathLike, realtime: bool = False, align: bool = True,
     needs_align = align and (force_rs_align or not depth_registered_to_color(dprof, cprof))
     aligner = rs.align(rs.stream.color) if needs_align else None
     tolerance_ms = 500.0 / max(cprof.fps(), 1)  # depth and colour of one frameset: within half a period
-    queue = rs.frame_queue(64, keep_frames=True)
+    buffer = _FrameBuffer(BUFFER_FRAMES)
     composer = _Composer(rs) if aligner is not None else None
     started = []
     try:
         for sensor, profile in sensors:
             sensor.open(profile)
             started.append(sensor)
-            sensor.start(queue)
+            sensor.start(buffer.put)
         playback.resume()
         pending: Dict[str, object] = {}
         last_frame = time.monotonic()
         while True:
-            ok, frame = queue.try_wait_for_frame(100)
-            if not ok:
-                if playback.current_status() == rs.playback_status.stopped:
+            frame = buffer.get(0.1)
+            if frame is None:
+                # The buffer is empty, so no callback waits on it: librealsense can be asked.
+                if playback.current_status() == rs.playback_status.stopped and buffer.empty():
                     return
                 if time.monotonic() - last_frame > timeout_s:
                     raise TimeoutError(f"no frame from {path} for {timeout_s} s")
                 continue
             last_frame = time.monotonic()
             pending["depth" if frame.profile.stream_type() == rs.stream.depth else "color"] = frame
+            del frame
             if len(pending) < 2:
                 continue
             depth, color = pending["depth"], pending["color"]
@@ -228,9 +231,12 @@ def play_recording(path: PathLike, realtime: bool = False, align: bool = True,
             if aligner is not None:
                 aligned = aligner.process(composer.compose(depth, color))
                 depth = aligned.get_depth_frame()
-            yield RecordedFrame(_rgb(rs, color, fmt), np.asanyarray(depth.get_data()).copy(), K,
+            out = RecordedFrame(_rgb(rs, color, fmt), np.asanyarray(depth.get_data()).copy(), K,
                                 depth_scale, color.get_timestamp() / 1000.0)
+            del depth, color  # back to librealsense's frame pool before the caller takes its time
+            yield out
     finally:
+        buffer.close()  # a callback waiting for room returns now, so the sensors can stop
         for sensor in started:
             try:
                 sensor.stop()
@@ -240,6 +246,63 @@ def play_recording(path: PathLike, realtime: bool = False, align: bool = True,
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+BUFFER_FRAMES = 8  # frames (depth and colour counted apart) between the playback and the reader
+
+
+class _FrameBuffer:
+    """A bounded hand-over from librealsense's callback thread to the reader, with backpressure.
+
+    ``put`` is the sensors' frame callback. When the buffer is full it waits on a condition
+    variable, which releases the GIL, so the reader always gets to run and drain it; the playback
+    (``set_real_time(False)``) then waits for the callback, so a slow reader slows the file down
+    and no frame is dropped. (Before: an ``rs.frame_queue(64)`` passed to ``sensor.start``; a
+    reader slower than the file filled it, and a librealsense thread then blocked while holding
+    the GIL, so the reader never ran again: a deadlock, every run with a reader sleeping 50 ms
+    per frame.) Only a few frames wait here, so librealsense's frame pool is never starved.
+    ``close`` makes a waiting ``put`` return (dropping its frame) so that ``sensor.stop`` can
+    finish.
+    """
+
+    def __init__(self, capacity: int):
+        import collections
+        import threading
+
+        self._frames = collections.deque()
+        self._capacity = int(capacity)
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, frame) -> None:
+        with self._cond:
+            while len(self._frames) >= self._capacity and not self._closed:
+                self._cond.wait(0.1)
+            if self._closed:
+                return
+            self._frames.append(frame)
+            self._cond.notify_all()
+
+    def get(self, timeout_s: float):
+        """The oldest frame, or None after ``timeout_s`` without one."""
+        with self._cond:
+            if not self._frames:
+                self._cond.wait(timeout_s)
+            if not self._frames:
+                return None
+            frame = self._frames.popleft()
+            self._cond.notify_all()
+            return frame
+
+    def empty(self) -> bool:
+        with self._cond:
+            return not self._frames
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._frames.clear()
+            self._cond.notify_all()
+
+
 class _GroundTruth:
     def __init__(self, n: int):
         self.n = n
