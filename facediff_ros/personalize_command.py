@@ -189,10 +189,9 @@ MAX_READ_FRAMES = 600
 def _read_all(path: Path, log=None) -> List[Frame]:
     """All frames of a recording (thinned to MAX_READ_FRAMES), read before any fitting.
 
-    play_recording's unpaced playback fills a 64-frame queue whose enqueue blocks while holding
-    the GIL; a consumer slower than the file (MediaPipe + fitting on a busy machine) then
-    deadlocks the process (seen here 3 times in 5 runs, gdb: rs2_enqueue_frame under the GIL). Copying
-    frames out as fast as they come keeps the queue from filling.
+    Read first so that long recordings can be thinned evenly before the (slow) fitting; this was
+    also the workaround for play_recording's old deadlock with a slow reader, since fixed in
+    synthetic/recording.py (test/test_recording_slow_reader.py).
     """
     out: List[Frame] = []
     stride, n = 1, 0
