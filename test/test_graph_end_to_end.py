@@ -30,6 +30,7 @@ rclpy = pytest.importorskip("rclpy")
 from waiting import wait_for  # noqa: E402
 
 FRAMES_PER_EXPRESSION = 3
+SETTLED_FROM_FRAME = 10  # sample frames 0-9 follow the loop's jump (see edited_since)
 SKIP_AFTER_SWITCH = 2   # outputs after the change that may still be edits of the old category
 START_TIMEOUT_S = 120.0  # first edited frame after the start, on a loaded 2-core machine
 EXPRESSION_TIMEOUT_S = 60.0
@@ -124,8 +125,11 @@ def test_whole_graph_over_dds_avatar_points_layout_face_position_and_runtime_exp
         return "\n".join(f"--- {n} (alive {a}):\n{procs.tail(n, 15)}" for n, a in procs.alive().items())
 
     def edited_since(t):
+        # Only frames the tracker has settled on: the 1 s sample loops, and its jump from the last
+        # frame back to the first is a teleport no camera makes; the fit takes a few frames to
+        # catch up with it (measured: 7.8 mm at frame 0, 1.6 mm by frame 10).
         with lock:
-            after = [e for e in edited if e[0] >= t]
+            after = [e for e in edited if e[0] >= t and (index_of(e[1]) or 0) >= SETTLED_FROM_FRAME]
         return after
 
     def died():
