@@ -46,6 +46,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from facediff_ros.blas_threads import limit_blas_threads
 from facediff_ros.fitting_command import (DEFAULT_HFOV_DEG, IMAGE_SUFFIXES, RECORDING_SUFFIXES, Frame,
                                           InputError, read_color, recording_frames)
 
@@ -155,32 +156,6 @@ def count_faces(rgb: np.ndarray) -> int:
     return len(_DETECTOR[0](np.ascontiguousarray(rgb), 0))
 
 
-def single_thread_blas() -> bool:
-    """Limit numpy's OpenBLAS to one thread (what ``OPENBLAS_NUM_THREADS=1`` does, after import).
-
-    The tracker's small solves spend most of their time in OpenBLAS thread hand-offs on a busy
-    2-core machine (measured here: ~1 frame/s with 16 other processes running, against the
-    ~13 ms/frame of ``facediff fit`` with one thread). True when the library was found.
-    """
-    import ctypes
-    try:
-        libs = sorted({ln.split()[-1] for ln in open("/proc/self/maps") if "openblas" in ln.lower()})
-    except OSError:
-        return False
-    done = False
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for sym in ("openblas_set_num_threads64_", "openblas_set_num_threads",
-                    "scipy_openblas_set_num_threads64_"):
-            if hasattr(lib, sym):
-                getattr(lib, sym)(1)
-                done = True
-    return done
-
-
 # A recording is read into memory first, at most this many frames (every other one dropped, and
 # from then on every second, ... when it is longer: 600 frames of 640x480 RGB-D are ~0.9 GB).
 MAX_READ_FRAMES = 600
@@ -218,7 +193,8 @@ def fit_inputs(inputs: Sequence[str], log: Optional[Callable[[str], None]] = Non
     from facediff_ros.core.editor.personalize import FittedFrame
     from facediff_ros.fitting_command import Fitter
     streams = _input_streams(inputs)
-    single_thread_blas()
+    # The tracker's small solves crawl in OpenBLAS thread hand-offs on a busy 2-core machine (~1 frame/s).
+    limit_blas_threads(1)
     stats = {"frames": 0, "with_face": 0, "people_checked": 0, "multi_face": 0, "fitted": 0, "usable": 0,
              "inputs": len(streams)}
     kept: List = []
