@@ -72,20 +72,11 @@ def write_ply(path: Path, cloud: np.ndarray) -> int:
     cloud = np.asarray(cloud).reshape(-1)
     ok = np.isfinite(cloud["x"]) & np.isfinite(cloud["y"]) & np.isfinite(cloud["z"])
     pts = cloud[ok]
-    rec = np.zeros(len(pts), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-                                    ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    rec["x"], rec["y"], rec["z"] = pts["x"], pts["y"], pts["z"]
-    rgb = unpack_rgb(pts["rgb"])
-    rec["red"], rec["green"], rec["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    header = ("ply\nformat binary_little_endian 1.0\n"
-              "comment facediff demo: /avatar/points, camera optical frame (x right, y down, z forward), "
-              "metres\n"
-              f"element vertex {len(rec)}\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
-    with open(path, "wb") as fh:
-        fh.write(header.encode("ascii"))
-        fh.write(rec.tobytes())
-    return int(len(rec))
+    # The same file as `facediff edit`'s avatar.ply (one writer for both).
+    from facediff_ros.edit_command import write_points_ply
+    xyz = np.stack([pts["x"], pts["y"], pts["z"]], axis=1)
+    write_points_ply(path, xyz, unpack_rgb(pts["rgb"]), comment="facediff demo: /avatar/points")
+    return int(len(pts))
 
 
 def read_ply(path: Path) -> np.ndarray:

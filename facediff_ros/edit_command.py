@@ -83,14 +83,14 @@ def avatar_points(color: np.ndarray, depth_m: np.ndarray, mask: np.ndarray, K: I
     return xyz, np.ascontiguousarray(color[v, u], np.uint8)
 
 
-def write_points_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
+def write_points_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray,
+                     comment: str = "facediff edit: the edited RGB-D face") -> None:
     """Binary little-endian PLY of coloured points: float32 x y z (m), uchar red green blue."""
     rows = np.empty(len(xyz), dtype=[("xyz", "<f4", (3,)), ("rgb", "u1", (3,))])
     rows["xyz"] = xyz
     rows["rgb"] = rgb
     header = ("ply\nformat binary_little_endian 1.0\n"
-              "comment facediff edit: the edited RGB-D face, camera optical frame (x right, y down, "
-              "z forward), metres\n"
+              f"comment {comment}, camera optical frame (x right, y down, z forward), metres\n"
               f"element vertex {len(rows)}\nproperty float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
     with open(path, "wb") as fh:
