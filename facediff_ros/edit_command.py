@@ -47,8 +47,7 @@ import numpy as np
 
 from facediff_ros.core.camera import Intrinsics
 from facediff_ros.core.editor.avatar import AvatarConfig
-from facediff_ros.fitting_command import (DEFAULT_HFOV_DEG, IMAGE_SUFFIXES, Fitter, Frame, InputError,
-                                          read_color, read_depth, read_intrinsics)
+from facediff_ros.fitting_command import IMAGE_SUFFIXES, Fitter, Frame, InputError, read_image_input
 
 OUTPUT_FILES = ("color.png", "depth.png", "avatar.ply", "edit.json")
 BACKEND_CHOICES = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu", "torch")  # backends.BACKENDS
@@ -162,18 +161,7 @@ def edit_image(image, expression: str, intensity: float = 1.0, depth: Optional[s
     if steps is None:
         steps = AvatarConfig.steps  # the live editor's default
     category, intensity, steps = check_request(expression, intensity, steps)
-    rgb = read_color(path)
-    size = (rgb.shape[1], rgb.shape[0])
-    notes = []
-    if depth and not intrinsics:
-        raise InputError("--depth needs --intrinsics K.json (the depth's pixels become metres through K)")
-    if intrinsics:
-        K = read_intrinsics(Path(intrinsics), size)
-    else:
-        K = Intrinsics.from_fov(size[0], size[1], DEFAULT_HFOV_DEG)
-        notes.append(f"no --intrinsics: assumed a {DEFAULT_HFOV_DEG:g} deg horizontal field of view "
-                     f"centred on the image (fx = fy = {K.fx:.1f} px)")
-    d_mm = read_depth(Path(depth), rgb.shape[:2]) if depth else None
+    rgb, K, d_mm, notes = read_image_input(path, depth, intrinsics)
     if d_mm is None:
         notes.append("no depth: colour-only edit; the fitted model's depth stands in for the sensor's "
                      "(the head's size and distance come from the identity prior)")

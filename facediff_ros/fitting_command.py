@@ -144,6 +144,28 @@ def read_depth(path: Path, shape: Tuple[int, int]) -> np.ndarray:
     return d
 
 
+def read_image_input(path: Path, depth: Optional[str], intrinsics: Optional[str]
+                     ) -> Tuple[np.ndarray, Intrinsics, Optional[np.ndarray], List[str]]:
+    """An image input as `facediff fit` and `facediff edit` take it: (RGB uint8, K, depth uint16 mm
+    or None, notes saying what was assumed). Without K.json a DEFAULT_HFOV_DEG field of view.
+
+    :raises InputError: --depth without --intrinsics, or an unreadable / inconsistent file.
+    """
+    rgb = read_color(path)
+    size = (rgb.shape[1], rgb.shape[0])
+    notes: List[str] = []
+    if depth and not intrinsics:
+        raise InputError("--depth needs --intrinsics K.json (the depth's pixels become metres through K)")
+    if intrinsics:
+        K = read_intrinsics(Path(intrinsics), size)
+    else:
+        K = Intrinsics.from_fov(size[0], size[1], DEFAULT_HFOV_DEG)
+        notes.append(f"no --intrinsics: assumed a {DEFAULT_HFOV_DEG:g} deg horizontal field of view "
+                     f"centred on the image (fx = fy = {K.fx:.1f} px)")
+    d = read_depth(Path(depth), rgb.shape[:2]) if depth else None
+    return rgb, K, d, notes
+
+
 @dataclass
 class Frame:
     """One input frame: colour, optional aligned depth, the colour camera."""
@@ -415,17 +437,8 @@ def fit_input(path, depth: Optional[str] = None, intrinsics: Optional[str] = Non
             gt_path = str(gt_file)
         source: Iterator[Frame] = recording_frames(path, frames)
     else:
-        rgb = read_color(path)
-        size = (rgb.shape[1], rgb.shape[0])
-        if depth and not intrinsics:
-            raise InputError("--depth needs --intrinsics K.json (the depth's pixels become metres through K)")
-        if intrinsics:
-            K = read_intrinsics(Path(intrinsics), size)
-        else:
-            K = Intrinsics.from_fov(size[0], size[1], DEFAULT_HFOV_DEG)
-            notes.append(f"no --intrinsics: assumed a {DEFAULT_HFOV_DEG:g} deg horizontal field of view "
-                         f"centred on the image (fx = fy = {K.fx:.1f} px)")
-        d = read_depth(Path(depth), rgb.shape[:2]) if depth else None
+        rgb, K, d, image_notes = read_image_input(path, depth, intrinsics)
+        notes.extend(image_notes)
         if d is None:
             notes.append("no depth: colour-only fit (2D landmarks + priors); the head's size and "
                          "distance come from the identity prior (uncertain by centimetres)")
